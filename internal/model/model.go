@@ -163,8 +163,11 @@ func (s *ServicePort) ExternallyAccessible() bool {
 }
 
 // UsesClusterEndpoints: some traffic to this port may go to any endpoint.
+// An externally accessible port always does: even with
+// externalTrafficPolicy Local, pods and the node itself short-circuit to any
+// endpoint (as if they went out to the load balancer and came back).
 func (s *ServicePort) UsesClusterEndpoints() bool {
-	return !s.InternalPolicyLocal || (s.ExternallyAccessible() && !s.ExternalPolicyLocal)
+	return !s.InternalPolicyLocal || s.ExternallyAccessible()
 }
 
 // UsesLocalEndpoints: some traffic to this port may go only to endpoints on
@@ -210,6 +213,13 @@ type Node struct {
 	PodCIDRs []netip.Prefix
 	// Zone is the topology.kubernetes.io/zone label ("" if unset).
 	Zone string
+	// Addresses are the node's InternalIP addresses in this family from
+	// Node.status.addresses, primary first (used for --nodeport-addresses
+	// primary and as the node IP).
+	Addresses []netip.Addr
+	// Terminating: the node is being deleted or carries the
+	// ToBeDeletedByClusterAutoscaler taint (healthz reports 503).
+	Terminating bool
 }
 
 // Snapshot is the complete, immutable state to program for one IP family.

@@ -1,0 +1,355 @@
+// Package render turns a Snapshot into one iptables-restore batch. It is a
+// pure function of its Input: no clock, no kernel, no globals, so golden
+// tests and fuzzing exercise exactly what the proxy sends to the kernel.
+//
+// Layout (chains are kpr's own, never KUBE-*):
+//
+//	nat    PREROUTING/OUTPUT → KPR-SERVICES → [KPR-DST-* dispatch tree] →
+//	       KPR-SVC-* (Cluster policy) / KPR-SVL-* (Local policy) /
+//	       KPR-EXT-* (external destinations) / KPR-FW-* (LB source ranges)
+//	       → KPR-SEP-* (DNAT to one endpoint);
+//	       KPR-SERVICES' last rule → KPR-NODEPORTS; POSTROUTING →
+//	       KPR-POSTROUTING (MASQUERADE marked packets); KPR-MARK-MASQ.
+//	filter KPR-SERVICES (REJECT/DROP cluster IPs without endpoints),
+//	       KPR-EXTERNAL-SERVICES (same for external destinations),
+//	       KPR-NODEPORTS (health check node ports), KPR-FORWARD,
+//	       KPR-FIREWALL (LB source ranges), KPR-LOCALNET (CVE-2020-8558).
+//
+// A partial sync (Input.Prev set) writes only what changed: the chains of
+// Service ports whose definition or endpoints changed, the shared chains
+// whose content changed, and the deletion of chains nothing owns any more.
+package render
+
+import (
+	"sort"
+
+	"github.com/kpr-proxy/kpr/internal/model"
+)
+
+// Input is everything a sync renders from.
+type Input struct {
+	Snapshot *model.Snapshot
+	Node     *model.Node
+	Config   *Config
+	// Prev is the State of the last batch that was applied successfully.
+	// Nil means a full sync; so does a Prev rendered from a different
+	// Config or Node (compared by identity: the caller makes new values
+	// when they change).
+	Prev *State
+	// Existing lists the chains in the kernel per table ("nat", "filter").
+	// On a full sync, generated kpr chains in it that the new state does
+	// not own are deleted (leftovers of a crash or an older version).
+	Existing map[string][]string
+}
+
+// Stats describe one rendered batch.
+type Stats struct {
+	Lines, Bytes int
+	// ServicesRendered is how many Service ports had their chains
+	// (re)written; ServicesTotal how many exist.
+	ServicesRendered, ServicesTotal int
+	ChainsDeleted                   int
+	// NATRules and FilterRules are the rules kpr has in each table once
+	// the batch is applied (the kubeproxy_sync_proxy_rules_iptables_total
+	// gauge); *Written are the rules in this batch.
+	NATRules, FilterRules               int
+	NATRulesWritten, FilterRulesWritten int
+	// Services with traffic policy Local and no local endpoints.
+	NoLocalInternal, NoLocalExternal int
+}
+
+// Result is a rendered batch.
+type Result struct {
+	Data  []byte
+	Full  bool
+	Stats Stats
+	// State is to be passed as Input.Prev once Data has been applied.
+	State *State
+}
+
+// State is what a later partial sync needs to know about this one.
+type State struct {
+	snapshot *model.Snapshot
+	node     *model.Node
+	config   *Config
+	large    bool
+	services map[model.ServicePortName]*svcRecord
+	// shared holds the content hash of every shared chain ("table/chain"),
+	// including the dispatch tree's chains.
+	shared map[string]uint64
+	// dispatch is the set of KPR-DST chains in the tree.
+	dispatch map[string]struct{}
+}
+
+// Render builds the batch.
+func Render(in Input) *Result {
+	snap, cfg := in.Snapshot, in.Config
+	node := in.Node
+	if node == nil {
+		node = &model.Node{}
+	}
+	totalEndpoints := 0
+	for name := range snap.Services {
+		totalEndpoints += len(snap.Endpoints[name])
+	}
+	large := totalEndpoints > cfg.largeClusterThreshold()
+
+	prev := in.Prev
+	full := prev == nil || prev.config != cfg || prev.node != in.Node || prev.large != large
+	if full {
+		prev = nil
+	}
+
+	// Shared chains are declared and written before the Service ports'
+	// own, so a batch reads top-down like the packet path.
+	var natShared, natSharedRules, natChains, natRules, natDeletes lineBuffer
+	var filterChains, filterRules lineBuffer
+	st := &State{
+		snapshot: snap, node: in.Node, config: cfg, large: large,
+		services: make(map[model.ServicePortName]*svcRecord, len(snap.Services)),
+		shared:   make(map[string]uint64),
+		dispatch: make(map[string]struct{}),
+	}
+	stats := Stats{ServicesTotal: len(snap.Services)}
+
+	// Service ports, in a stable order so that shared chains render the
+	// same bytes when nothing changed.
+	names := snap.SortedNames()
+	sr := &serviceRenderer{cfg: cfg, node: node, large: large, chains: &natChains, rules: &natRules}
+	for _, name := range names {
+		if prev != nil && model.SameServicePort(prev.snapshot, snap, name) {
+			st.services[name] = prev.services[name]
+			continue
+		}
+		st.services[name] = sr.render(name, snap.Services[name], snap.Endpoints[name])
+		stats.ServicesRendered++
+	}
+
+	// Generated chains nothing owns any more.
+	deleteChain := func(chain string) {
+		natChains.chain(chain)
+		natDeletes.line("-X", chain)
+		stats.ChainsDeleted++
+	}
+	var dispatchRules []dstRule
+	for _, name := range names {
+		dispatchRules = append(dispatchRules, st.services[name].dispatch...)
+	}
+
+	// Shared chains.
+	root := &dispatchChain{name: ChainServices}
+	inner := buildDispatch(root, dispatchRules, cfg.leafMax())
+	for _, c := range inner {
+		st.dispatch[c.name] = struct{}{}
+	}
+	writeNodePortJumps(&root.buf, cfg)
+
+	var natNodePorts, filterServices, filterExternal, filterNodePorts, filterFirewall lineBuffer
+	for _, name := range names {
+		rec := st.services[name]
+		natNodePorts.b = append(natNodePorts.b, rec.natNodePorts...)
+		filterServices.b = append(filterServices.b, rec.filterServices...)
+		filterExternal.b = append(filterExternal.b, rec.filterExternal...)
+		filterNodePorts.b = append(filterNodePorts.b, rec.filterNodePorts...)
+		filterFirewall.b = append(filterFirewall.b, rec.filterFirewall...)
+		stats.NATRules += rec.natRules
+		if rec.noLocalInternal {
+			stats.NoLocalInternal++
+		}
+		if rec.noLocalExternal {
+			stats.NoLocalExternal++
+		}
+	}
+	var postrouting, markMasq, forward, localnet lineBuffer
+	writeStaticRules(cfg, &postrouting, &markMasq, &forward, &localnet)
+
+	emit := func(table string, chains, rules *lineBuffer, chain string, content *lineBuffer) {
+		key := table + "/" + chain
+		sum := content.sum()
+		st.shared[key] = sum
+		n := countLines(content.b)
+		if table == "nat" {
+			stats.NATRules += n
+		} else {
+			stats.FilterRules += n
+		}
+		if prev != nil {
+			if old, ok := prev.shared[key]; ok && old == sum {
+				return
+			}
+		}
+		chains.chain(chain)
+		rules.b = append(rules.b, content.b...)
+		rules.lines += n
+	}
+	emit("filter", &filterChains, &filterRules, ChainServices, &filterServices)
+	emit("filter", &filterChains, &filterRules, ChainExternalServices, &filterExternal)
+	emit("filter", &filterChains, &filterRules, ChainForward, &forward)
+	emit("filter", &filterChains, &filterRules, ChainNodePorts, &filterNodePorts)
+	emit("filter", &filterChains, &filterRules, ChainFirewall, &filterFirewall)
+	emit("filter", &filterChains, &filterRules, ChainLocalnet, &localnet)
+
+	emit("nat", &natShared, &natSharedRules, ChainServices, &root.buf)
+	for _, c := range inner {
+		emit("nat", &natShared, &natSharedRules, c.name, &c.buf)
+	}
+	emit("nat", &natShared, &natSharedRules, ChainNodePorts, &natNodePorts)
+	emit("nat", &natShared, &natSharedRules, ChainPostrouting, &postrouting)
+	emit("nat", &natShared, &natSharedRules, ChainMarkMasq, &markMasq)
+
+	// Deletions. A full sync deletes every generated chain in the kernel
+	// that the new state does not own; a partial one deletes what changed
+	// or removed Service ports, and the dispatch tree, no longer own.
+	if prev == nil {
+		owned := make(map[string]struct{}, len(st.dispatch)+len(names)*4)
+		for c := range st.dispatch {
+			owned[c] = struct{}{}
+		}
+		for _, rec := range st.services {
+			for _, c := range rec.chains {
+				owned[c] = struct{}{}
+			}
+		}
+		var stale []string
+		for _, c := range in.Existing["nat"] {
+			if _, ok := owned[c]; !ok && isGenerated(c) {
+				stale = append(stale, c)
+			}
+		}
+		sort.Strings(stale)
+		for _, c := range stale {
+			deleteChain(c)
+		}
+	} else {
+		var stale []string
+		for name, old := range prev.services {
+			cur := st.services[name]
+			if cur == old {
+				continue
+			}
+			var keep map[string]struct{}
+			if cur != nil {
+				keep = make(map[string]struct{}, len(cur.chains))
+				for _, c := range cur.chains {
+					keep[c] = struct{}{}
+				}
+			}
+			for _, c := range old.chains {
+				if _, ok := keep[c]; !ok {
+					stale = append(stale, c)
+				}
+			}
+		}
+		for c := range prev.dispatch {
+			if _, ok := st.dispatch[c]; !ok {
+				stale = append(stale, c)
+			}
+		}
+		sort.Strings(stale)
+		for _, c := range stale {
+			deleteChain(c)
+		}
+	}
+
+	// Assemble: every chain line of a table before its rules, deletions
+	// last, so a deleted chain is no longer referenced when it goes.
+	var out lineBuffer
+	parts := []*lineBuffer{&filterChains, &filterRules, &natShared, &natChains, &natSharedRules, &natRules, &natDeletes}
+	size := 64
+	for _, p := range parts {
+		size += len(p.b)
+		stats.Lines += p.lines
+	}
+	out.b = make([]byte, 0, size)
+	out.line("*filter")
+	out.b = append(out.b, filterChains.b...)
+	out.b = append(out.b, filterRules.b...)
+	out.line("COMMIT")
+	out.line("*nat")
+	out.b = append(out.b, natShared.b...)
+	out.b = append(out.b, natChains.b...)
+	out.b = append(out.b, natSharedRules.b...)
+	out.b = append(out.b, natRules.b...)
+	out.b = append(out.b, natDeletes.b...)
+	out.line("COMMIT")
+
+	stats.NATRulesWritten = natSharedRules.lines + natRules.lines
+	stats.FilterRulesWritten = filterRules.lines
+	stats.Lines += 4
+	stats.Bytes = len(out.b)
+	return &Result{Data: out.b, Full: prev == nil, Stats: stats, State: st}
+}
+
+// writeNodePortJumps ends KPR-SERVICES with the jump to KPR-NODEPORTS.
+func writeNodePortJumps(w *lineBuffer, cfg *Config) {
+	const c = "kubernetes service nodeports; NOTE: this must be the last rule in this chain"
+	if cfg.NodePortAddresses.All {
+		w.words("-A", ChainServices, "-m", "comment", "--comment", c, "-m", "addrtype", "--dst-type", "LOCAL")
+		// Localhost NodePorts never work on IPv6, and on IPv4 only with
+		// route_localnet, which the operator may have declined.
+		if cfg.Family == model.IPv6 {
+			w.words("!", "-d", "::1/128")
+		} else if !cfg.LocalhostNodePorts {
+			w.words("!", "-d", "127.0.0.0/8")
+		}
+		w.line("-j", ChainNodePorts)
+		return
+	}
+	for _, ip := range cfg.NodePortAddresses.IPs {
+		if ip.IsLoopback() && (cfg.Family == model.IPv6 || !cfg.LocalhostNodePorts) {
+			continue
+		}
+		w.line("-A", ChainServices, "-m", "comment", "--comment", c, "-d", ip.String(), "-j", ChainNodePorts)
+	}
+}
+
+// writeStaticRules renders the chains that do not depend on Services.
+func writeStaticRules(cfg *Config, postrouting, markMasq, forward, localnet *lineBuffer) {
+	mark := cfg.MasqueradeMark()
+	postrouting.line("-A", ChainPostrouting, "-m", "mark", "!", "--mark", mark+"/"+mark, "-j", "RETURN")
+	// Clear the mark so a packet that traverses the stack again (e.g.
+	// through a bridge) is not masqueraded twice.
+	postrouting.line("-A", ChainPostrouting, "-j", "MARK", "--xor-mark", mark)
+	postrouting.words("-A", ChainPostrouting, "-m", "comment", "--comment", "kubernetes service traffic requiring SNAT", "-j", "MASQUERADE")
+	if cfg.RandomFully {
+		// Fully random source ports avoid the SNAT port races that drop
+		// packets under load (kubernetes issue 76699).
+		postrouting.words("--random-fully")
+	}
+	postrouting.end()
+
+	markMasq.line("-A", ChainMarkMasq, "-j", "MARK", "--or-mark", mark)
+
+	if !cfg.ConntrackTCPBeLiberal {
+		// A packet conntrack calls INVALID (e.g. out of window) would
+		// otherwise skip DNAT reversal and reach the pod or client with
+		// the wrong address, which resets the connection (issue 74839).
+		forward.line("-A", ChainForward, "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP")
+	}
+	// Let marked (Service) traffic through even where FORWARD's policy is
+	// DROP, and the rest of its connection with it.
+	forward.line("-A", ChainForward, "-m", "comment", "--comment", "kubernetes forwarding rules",
+		"-m", "mark", "--mark", mark+"/"+mark, "-j", "ACCEPT")
+	forward.line("-A", ChainForward, "-m", "comment", "--comment", "kubernetes forwarding conntrack rule",
+		"-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT")
+
+	if cfg.Family == model.IPv4 && cfg.LocalhostNodePorts {
+		// route_localnet (needed for localhost NodePorts) would let other
+		// hosts reach 127.0.0.1 services (CVE-2020-8558): drop martian
+		// packets to 127/8 that do not come from 127/8 and were not
+		// DNATed by us.
+		localnet.line("-A", ChainLocalnet, "-m", "comment", "--comment", "block incoming localnet connections",
+			"-d", "127.0.0.0/8", "!", "-s", "127.0.0.0/8",
+			"-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED,DNAT", "-j", "DROP")
+	}
+}
+
+func countLines(b []byte) int {
+	n := 0
+	for _, c := range b {
+		if c == '\n' {
+			n++
+		}
+	}
+	return n
+}
