@@ -38,7 +38,9 @@ type Input struct {
 	Prev *State
 	// Existing lists the chains in the kernel per table ("nat", "filter").
 	// On a full sync, generated kpr chains in it that the new state does
-	// not own are deleted (leftovers of a crash or an older version).
+	// not own are deleted (leftovers of a crash or an older version). It
+	// may be nil when Prev describes the kernel (a periodic or forced full
+	// sync after successful ones): Prev's chains are candidates too.
 	Existing map[string][]string
 }
 
@@ -96,6 +98,10 @@ func Render(in Input) *Result {
 
 	prev := in.Prev
 	full := prev == nil || prev.config != cfg || prev.node != in.Node || prev.large != large
+	// A full sync forced by a change of config, node or comment mode still
+	// knows which chains the previous state owned: they are deletion
+	// candidates alongside whatever the kernel listing shows.
+	forcedFrom := prev
 	if full {
 		prev = nil
 	}
@@ -210,8 +216,22 @@ func Render(in Input) *Result {
 				owned[c] = struct{}{}
 			}
 		}
-		var stale []string
+		candidates := map[string]struct{}{}
 		for _, c := range in.Existing["nat"] {
+			candidates[c] = struct{}{}
+		}
+		if forcedFrom != nil {
+			for c := range forcedFrom.dispatch {
+				candidates[c] = struct{}{}
+			}
+			for _, rec := range forcedFrom.services {
+				for _, c := range rec.chains {
+					candidates[c] = struct{}{}
+				}
+			}
+		}
+		var stale []string
+		for c := range candidates {
 			if _, ok := owned[c]; !ok && isGenerated(c) {
 				stale = append(stale, c)
 			}

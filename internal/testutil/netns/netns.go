@@ -128,3 +128,21 @@ func randHex(n int) string {
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)[:n]
 }
+
+// NewPersistent creates (or reuses) a namespace that outlives a single test,
+// for fuzz targets that must not create a namespace per input. The caller
+// deletes it (TestMain). It returns nil if it cannot be created.
+func NewPersistent(name string) *NS {
+	if os.Geteuid() != 0 {
+		return nil
+	}
+	if _, err := os.Stat(filepath.Join("/run/netns", name)); err != nil {
+		if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "ip netns add %s: %v: %s\n", name, err, out)
+			return nil
+		}
+	}
+	n := &NS{Name: name}
+	_, _ = n.Exec("ip", "link", "set", "lo", "up")
+	return n
+}
