@@ -1,8 +1,8 @@
 package watch
 
 import (
-	"slices"
 	"net/netip"
+	"slices"
 	"sync"
 	"testing"
 
@@ -173,8 +173,8 @@ func newHarness(t testing.TB, fams []model.Family) *harness {
 // takeSyncs returns and resets the number of RequestSync calls.
 func (h *harness) takeSyncs() int { n := h.syncs; h.syncs = 0; return n }
 
-func (h *harness) addService(s *v1.Service)  { h.onService(s, false) }
-func (h *harness) delService(s *v1.Service)  { h.onService(s, true) }
+func (h *harness) addService(s *v1.Service)             { h.onService(s, false) }
+func (h *harness) delService(s *v1.Service)             { h.onService(s, true) }
 func (h *harness) addSlice(es *discovery.EndpointSlice) { h.onSlice(es, false) }
 func (h *harness) delSlice(es *discovery.EndpointSlice) { h.onSlice(es, true) }
 

@@ -338,9 +338,9 @@ func TestConvertService(t *testing.T) {
 				v1.ServicePort{Name: "icmp", Protocol: "ICMP", Port: 7},
 				v1.ServicePort{Name: "np", Protocol: v1.ProtocolTCP, Port: 8080, NodePort: 99999},
 				v1.ServicePort{Name: "http", Protocol: v1.ProtocolTCP, Port: 80},
-				v1.ServicePort{Name: "http", Protocol: v1.ProtocolTCP, Port: 81},  // duplicate name
-				v1.ServicePort{Name: "alt", Protocol: v1.ProtocolTCP, Port: 80},   // duplicate port
-				v1.ServicePort{Name: "http", Protocol: v1.ProtocolUDP, Port: 80},  // same name, other protocol: fine
+				v1.ServicePort{Name: "http", Protocol: v1.ProtocolTCP, Port: 81}, // duplicate name
+				v1.ServicePort{Name: "alt", Protocol: v1.ProtocolTCP, Port: 80},  // duplicate port
+				v1.ServicePort{Name: "http", Protocol: v1.ProtocolUDP, Port: 80}, // same name, other protocol: fine
 			)),
 			want: map[model.Family][]model.ServicePort{model.IPv4: {
 				base("http"),

@@ -3,7 +3,6 @@ package render
 import (
 	"hash/fnv"
 	"strconv"
-	"strings"
 )
 
 // lineBuffer accumulates iptables-restore lines. Words are written as they
@@ -18,11 +17,24 @@ func (w *lineBuffer) word(s string) {
 	if len(w.b) > 0 && w.b[len(w.b)-1] != '\n' {
 		w.b = append(w.b, ' ')
 	}
-	if s == "" || strings.ContainsAny(s, " \t\"'") {
+	if needsQuote(s) {
 		w.b = strconv.AppendQuote(w.b, s)
 		return
 	}
 	w.b = append(w.b, s...)
+}
+
+func needsQuote(s string) bool {
+	if s == "" {
+		return true
+	}
+	for i := 0; i < len(s); i++ {
+		switch s[i] {
+		case ' ', '\t', '"', '\'':
+			return true
+		}
+	}
+	return false
 }
 
 func (w *lineBuffer) words(ws ...string) {

@@ -41,12 +41,17 @@ const (
 const MaxChainNameLen = 28
 
 func hash16(parts ...string) string {
-	h := sha256.New()
+	var buf [256]byte
+	in := buf[:0]
 	for _, p := range parts {
-		h.Write([]byte(p))
+		in = append(in, p...)
 	}
-	var sum [sha256.Size]byte
-	return base32.StdEncoding.EncodeToString(h.Sum(sum[:0]))[:16]
+	sum := sha256.Sum256(in)
+	// 10 bytes of hash encode to exactly 16 base32 characters, the same
+	// characters as the first 16 of the whole hash's encoding.
+	var out [16]byte
+	base32.StdEncoding.Encode(out[:], sum[:10])
+	return string(out[:])
 }
 
 // serviceChains holds the names of one Service port's chains. They depend

@@ -121,6 +121,12 @@ func Render(in Input) *Result {
 	// Service ports, in a stable order so that shared chains render the
 	// same bytes when nothing changed.
 	names := snap.SortedNames()
+	if prev == nil {
+		// Growing a 30 MB buffer by doubling costs more than rendering
+		// it; size for the typical rule lengths up front.
+		natRules.b = make([]byte, 0, totalEndpoints*420+len(names)*320)
+		natChains.b = make([]byte, 0, (totalEndpoints+len(names)*2)*34)
+	}
 	sr := &serviceRenderer{cfg: cfg, node: node, large: large, chains: &natChains, rules: &natRules}
 	for _, name := range names {
 		if prev != nil && model.SameServicePort(prev.snapshot, snap, name) {

@@ -230,16 +230,21 @@ func (r *serviceRenderer) render(name model.ServicePortName, sp *model.ServicePo
 		r.rules.line("-A", ch.fw, "-m", "comment", "--comment", "other traffic to "+svcName+" will be dropped by "+ChainFirewall)
 	}
 
+	// Every endpoint chain name is a SHA-256; compute each once.
+	sepNames := make(map[*model.Endpoint]string, len(cat.AllReachable))
+	for _, ep := range cat.AllReachable {
+		sepNames[ep] = endpointChain(name, ep)
+	}
 	if usesClusterChain {
 		declare(ch.svc)
-		r.endpointRules(name, sp, svcName, ch.svc, cat.Cluster)
+		r.endpointRules(sp, svcName, ch.svc, cat.Cluster, sepNames)
 	}
 	if usesLocalChain {
 		declare(ch.svl)
-		r.endpointRules(name, sp, svcName, ch.svl, cat.Local)
+		r.endpointRules(sp, svcName, ch.svl, cat.Local, sepNames)
 	}
 	for _, ep := range cat.AllReachable {
-		sep := endpointChain(name, ep)
+		sep := sepNames[ep]
 		declare(sep)
 		r.rules.words("-A", sep)
 		if !r.large {
@@ -264,11 +269,11 @@ func (r *serviceRenderer) render(name model.ServicePortName, sp *model.ServicePo
 // endpointRules spreads traffic over endpoints: first session affinity
 // ("recent" lists keyed by endpoint chain), then a chain of statistic
 // matches with probabilities 1/n, 1/(n-1), … 1 for a uniform random pick.
-func (r *serviceRenderer) endpointRules(name model.ServicePortName, sp *model.ServicePort, svcName, chain string, eps []*model.Endpoint) {
+func (r *serviceRenderer) endpointRules(sp *model.ServicePort, svcName, chain string, eps []*model.Endpoint, sepNames map[*model.Endpoint]string) {
 	if sp.AffinityTimeoutSeconds > 0 {
 		secs := strconv.Itoa(int(sp.AffinityTimeoutSeconds))
 		for _, ep := range eps {
-			sep := endpointChain(name, ep)
+			sep := sepNames[ep]
 			r.rules.words("-A", chain)
 			if !r.large {
 				r.rules.words("-m", "comment", "--comment", svcName+" -> "+ep.String())
@@ -278,7 +283,7 @@ func (r *serviceRenderer) endpointRules(name model.ServicePortName, sp *model.Se
 	}
 	n := len(eps)
 	for i, ep := range eps {
-		sep := endpointChain(name, ep)
+		sep := sepNames[ep]
 		r.rules.words("-A", chain)
 		if !r.large {
 			r.rules.words("-m", "comment", "--comment", svcName+" -> "+ep.String())
