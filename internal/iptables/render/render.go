@@ -50,7 +50,9 @@ type Stats struct {
 	// ServicesRendered is how many Service ports had their chains
 	// (re)written; ServicesTotal how many exist.
 	ServicesRendered, ServicesTotal int
-	ChainsDeleted                   int
+	// ChainsWritten counts chains declared (so flushed) and rewritten;
+	// ChainsDeleted chains removed. Both zero: the batch changes nothing.
+	ChainsWritten, ChainsDeleted int
 	// NATRules and FilterRules are the rules kpr has in each table once
 	// the batch is applied (the kubeproxy_sync_proxy_rules_iptables_total
 	// gauge); *Written are the rules in this batch.
@@ -299,6 +301,7 @@ func Render(in Input) *Result {
 	out.b = append(out.b, natDeletes.b...)
 	out.line("COMMIT")
 
+	stats.ChainsWritten = filterChains.lines + natShared.lines + natChains.lines - stats.ChainsDeleted
 	stats.NATRulesWritten = natSharedRules.lines + natRules.lines
 	stats.FilterRulesWritten = filterRules.lines
 	stats.Lines += 4
