@@ -3,6 +3,7 @@ package health
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"net/netip"
 	"sort"
@@ -65,6 +66,7 @@ type ServiceHealthServer struct {
 type hcInstance struct {
 	port      uint16
 	servers   []*http.Server
+	listeners []net.Listener
 	endpoints int // local ready endpoints
 }
 
@@ -125,7 +127,7 @@ func (s *ServiceHealthServer) SyncServices(services map[types.NamespacedName]uin
 
 	for nsn, inst := range s.services {
 		if port, ok := services[nsn]; !ok || port != inst.port {
-			s.log.Info("closing service health check", zap.Stringer("service", nsn), zap.Uint16("port", inst.port))
+			s.log.Info("closing service health check", zap.String("service", nsn.String()), zap.Uint16("port", inst.port))
 			inst.close()
 			delete(s.services, nsn)
 		}
@@ -142,13 +144,13 @@ func (s *ServiceHealthServer) SyncServices(services map[types.NamespacedName]uin
 	for _, nsn := range names {
 		port := services[nsn]
 		if port == 0 {
-			s.log.Error("service health check port is 0, skipping", zap.Stringer("service", nsn))
+			s.log.Error("service health check port is 0, skipping", zap.String("service", nsn.String()))
 			continue
 		}
 		inst, err := s.open(nsn, port)
 		if err != nil {
 			s.log.Error("failed to open service health check, will retry on next sync",
-				zap.Stringer("service", nsn), zap.Uint16("port", port), zap.Error(err))
+				zap.String("service", nsn.String()), zap.Uint16("port", port), zap.Error(err))
 			if s.recorder != nil {
 				s.recorder.Eventf(&v1.ObjectReference{
 					APIVersion: "v1",
@@ -160,7 +162,7 @@ func (s *ServiceHealthServer) SyncServices(services map[types.NamespacedName]uin
 			}
 			continue
 		}
-		s.log.Info("opened service health check", zap.Stringer("service", nsn), zap.Uint16("port", port))
+		s.log.Info("opened service health check", zap.String("service", nsn.String()), zap.Uint16("port", port))
 		s.services[nsn] = inst
 	}
 }
@@ -178,10 +180,11 @@ func (s *ServiceHealthServer) open(nsn types.NamespacedName, port uint16) (*hcIn
 		}
 		srv := newHTTPServer(hcHandler{nsn: nsn, s: s})
 		inst.servers = append(inst.servers, srv)
+		inst.listeners = append(inst.listeners, l)
 		go func() {
 			// Serve returns http.ErrServerClosed after close().
 			if err := srv.Serve(l); err != nil && err != http.ErrServerClosed {
-				s.log.Error("service health check stopped", zap.Stringer("service", nsn),
+				s.log.Error("service health check stopped", zap.String("service", nsn.String()),
 					zap.String("address", addr), zap.Error(err))
 			}
 		}()
@@ -189,11 +192,19 @@ func (s *ServiceHealthServer) open(nsn types.NamespacedName, port uint16) (*hcIn
 	return inst, nil
 }
 
+// close stops the servers and closes their sockets before returning: the
+// serving goroutine may not have reached Serve yet, and then srv.Close alone
+// would leave the socket open until it does, so an immediate re-open of the
+// same port (a Service moving ports, another Service taking it over) would
+// fail with EADDRINUSE.
 func (inst *hcInstance) close() {
 	for _, srv := range inst.servers {
 		_ = srv.Close()
 	}
-	inst.servers = nil
+	for _, l := range inst.listeners {
+		_ = l.Close()
+	}
+	inst.servers, inst.listeners = nil, nil
 }
 
 // SyncEndpoints sets the number of local ready endpoints per Service.
