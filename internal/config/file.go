@@ -2,8 +2,11 @@ package config
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
+	"sort"
 	"strings"
 	"time"
 
@@ -90,8 +93,13 @@ func decodeFile(data []byte, source string) (*v1alpha1.KubeProxyConfiguration, [
 	kpc := &v1alpha1.KubeProxyConfiguration{}
 	strictErrs, err := kjson.UnmarshalStrict(js, kpc, kjson.DisallowDuplicateFields, kjson.DisallowUnknownFields)
 	if err != nil {
-		// Type errors already name the field, e.g. "... Go struct field
-		// KubeProxyIPTablesConfiguration.iptables.masqueradeBit of type int32".
+		// Type errors name the field ("... Go struct field
+		// KubeProxyIPTablesConfiguration.iptables.masqueradeBit of type
+		// int32"), but errors from a type's own decoder (a bad duration)
+		// do not: find the field so the operator need not guess.
+		if path := locateDecodeError(js, reflect.TypeOf(kpc).Elem(), ""); path != "" {
+			return nil, nil, &ValidationError{Source: source, Errs: []*FieldError{{Field: path, Detail: err.Error()}}}
+		}
 		return nil, nil, fmt.Errorf("decoding: %w", err)
 	}
 	var warns []Warning
@@ -215,3 +223,59 @@ func flagDefaults() v1alpha1.KubeProxyConfiguration {
 }
 
 func ptrTo[T any](v T) *T { return &v }
+
+// locateDecodeError returns the path of the first field of the JSON object
+// js that does not decode into its field of struct type t, or "".
+func locateDecodeError(js []byte, t reflect.Type, prefix string) string {
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(js, &obj); err != nil {
+		return ""
+	}
+	keys := make([]string, 0, len(obj))
+	for k := range obj {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, key := range keys {
+		f, ok := jsonField(t, key)
+		if !ok {
+			continue // unknown fields are reported by the strict pass
+		}
+		path := prefix + key
+		ft := f.Type
+		for ft.Kind() == reflect.Pointer {
+			ft = ft.Elem()
+		}
+		// Descend into plain structs; decode leaves and types with
+		// their own decoder whole.
+		if ft.Kind() == reflect.Struct && !reflect.PointerTo(ft).Implements(reflect.TypeFor[json.Unmarshaler]()) {
+			if p := locateDecodeError(obj[key], ft, path+"."); p != "" {
+				return p
+			}
+			continue
+		}
+		if err := kjson.UnmarshalCaseSensitivePreserveInts(obj[key], reflect.New(f.Type).Interface()); err != nil {
+			return path
+		}
+	}
+	return ""
+}
+
+// jsonField finds the field of struct t that JSON key name decodes into,
+// looking through embedded structs as encoding/json does.
+func jsonField(t reflect.Type, name string) (reflect.StructField, bool) {
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		tag, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if f.Anonymous && tag == "" && f.Type.Kind() == reflect.Struct {
+			if ef, ok := jsonField(f.Type, name); ok {
+				return ef, true
+			}
+			continue
+		}
+		if tag == name {
+			return f, true
+		}
+	}
+	return reflect.StructField{}, false
+}

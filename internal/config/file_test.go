@@ -133,7 +133,8 @@ func TestLoadStrictErrors(t *testing.T) {
 		{"field names are case-sensitive", "iptables:\n  MasqueradeBit: 3\n", "iptables.MasqueradeBit", "unknown field"},
 		{"duplicate field", "mode: ipvs\nmode: iptables\n", "", "duplicate"},
 		{"wrong type", "iptables:\n  masqueradeBit: abc\n", "", "masqueradeBit"},
-		{"bad duration", "configSyncPeriod: soon\n", "", "configSyncPeriod"},
+		{"bad duration", "configSyncPeriod: soon\n", "configSyncPeriod", "invalid duration"},
+		{"bad nested duration", "conntrack:\n  tcpEstablishedTimeout: forever\n", "conntrack.tcpEstablishedTimeout", "invalid duration"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Load(fileWith(t, tc.body))

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -247,6 +248,10 @@ func (o *options) complete() (*Config, error) {
 		}
 		kpc, warns, err = decodeFile(data, source)
 		if err != nil {
+			var ve *ValidationError
+			if errors.As(err, &ve) {
+				return nil, err // already names the file
+			}
 			return nil, fmt.Errorf("--config %s: %w", o.configFile, err)
 		}
 		setDefaults(kpc)

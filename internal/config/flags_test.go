@@ -87,7 +87,9 @@ func TestParseFlags(t *testing.T) {
 			func(c *Config) { c.DetectLocal = DetectLocal{Mode: LocalModeBridgeInterface, BridgeInterface: "cbr0"} }},
 		{"detect local: interface prefix",
 			[]string{"--detect-local-mode=InterfaceNamePrefix", "--pod-interface-name-prefix=veth"},
-			func(c *Config) { c.DetectLocal = DetectLocal{Mode: LocalModeInterfaceNamePrefix, InterfaceNamePrefix: "veth"} }},
+			func(c *Config) {
+				c.DetectLocal = DetectLocal{Mode: LocalModeInterfaceNamePrefix, InterfaceNamePrefix: "veth"}
+			}},
 		{"detect local: node CIDR",
 			[]string{"--detect-local-mode=NodeCIDR"},
 			func(c *Config) { c.DetectLocal.Mode = LocalModeNodeCIDR }},
@@ -141,7 +143,9 @@ func TestParseFlags(t *testing.T) {
 			func(c *Config) {}},
 		{"kpr flags",
 			[]string{"--iptables-backend=nft", "--takeover-kube-proxy", "--takeover-dry-run"},
-			func(c *Config) { c.IPTables.Backend, c.Takeover = IPTablesBackendNFT, Takeover{Enabled: true, DryRun: true} }},
+			func(c *Config) {
+				c.IPTables.Backend, c.Takeover = IPTablesBackendNFT, Takeover{Enabled: true, DryRun: true}
+			}},
 		{"actions",
 			[]string{"--cleanup", "--init-only", "--write-config-to=/tmp/out.yaml"},
 			func(c *Config) { c.Cleanup, c.InitOnly, c.WriteConfigTo = true, true, "/tmp/out.yaml" }},
