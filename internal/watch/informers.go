@@ -160,7 +160,7 @@ func (w *Watcher) onService(obj any, deleted bool) {
 	if !deleted && !excludedService(svc) {
 		var probs []problem
 		conv, probs = convertService(svc, w.cfg.Families)
-		w.report("Service", "service", nn.String(), probs)
+		w.report("Service", "service", svc.Namespace, svc.Name, probs)
 	}
 	if w.t.setService(nn, conv) {
 		w.cfg.RequestSync()
@@ -180,18 +180,17 @@ func (w *Watcher) onSlice(obj any, deleted bool) {
 	var e *sliceEntry
 	var trigger time.Time
 	if !deleted && !excludedSlice(es) {
-		key := es.Namespace + "/" + es.Name
 		svcName := es.Labels[discovery.LabelServiceName]
 		if svcName == "" {
 			// Without the label the slice belongs to no Service; if it
 			// had one before, its endpoints are dropped from there.
-			w.report("EndpointSlice", "endpointslice", key,
+			w.report("EndpointSlice", "endpointslice", es.Namespace, es.Name,
 				[]problem{{"metadata.labels", discovery.LabelServiceName, reasonMissingServiceName}})
 		} else {
 			var probs []problem
 			e, probs = convertSlice(es, fam, svcName, w.cfg.NodeName)
 			trigger, probs = triggerTime(es.Annotations, probs)
-			w.report("EndpointSlice", "endpointslice", key, probs)
+			w.report("EndpointSlice", "endpointslice", es.Namespace, es.Name, probs)
 		}
 	}
 	if w.t.setSlice(es.Namespace, es.Name, e, trigger) {
@@ -222,7 +221,7 @@ func (w *Watcher) onNode(obj any, deleted bool) {
 	if !deleted {
 		var probs []problem
 		facts, probs = convertNode(n, w.cfg.Families)
-		w.report("Node", "node", n.Name, probs)
+		w.report("Node", "node", "", n.Name, probs)
 	} else {
 		w.log.Warn("This node's Node object was deleted", zap.String("node", n.Name))
 	}
@@ -232,11 +231,18 @@ func (w *Watcher) onNode(obj any, deleted bool) {
 }
 
 // report logs each problem once (this event brought a new object version)
-// and counts it.
-func (w *Watcher) report(kind, key, name string, probs []problem) {
+// and counts it. The object is logged as "namespace/name" under key.
+func (w *Watcher) report(kind, key, ns, name string, probs []problem) {
+	if len(probs) == 0 {
+		return
+	}
+	obj := name
+	if ns != "" {
+		obj = ns + "/" + name
+	}
 	for _, p := range probs {
 		w.log.Warn("Skipping invalid part of "+kind,
-			zap.String(key, name),
+			zap.String(key, obj),
 			zap.String("reason", p.Reason),
 			zap.String("field", p.Field),
 			zap.String("value", p.Value))

@@ -167,10 +167,15 @@ func (t *tracker) buildFamily(f model.Family) FamilyState {
 		return fs
 	}
 
-	cur := &model.Snapshot{
-		Family:    f,
-		Services:  cloneWithRoom(prevSvcs, len(su)),
-		Endpoints: cloneWithRoom(prevEps, len(eu)),
+	// A map that does not change is shared with the previous snapshot
+	// (both are immutable); one that does is copied, which is the only
+	// O(number of Services) work of an incremental snapshot.
+	cur := &model.Snapshot{Family: f, Services: prevSvcs, Endpoints: prevEps}
+	if len(su) > 0 || cur.Services == nil {
+		cur.Services = cloneWithRoom(prevSvcs, len(su))
+	}
+	if len(eu) > 0 || cur.Endpoints == nil {
+		cur.Endpoints = cloneWithRoom(prevEps, len(eu))
 	}
 	for _, u := range su {
 		if u.sp == nil {

@@ -212,6 +212,9 @@ func (t *tracker) setNode(n nodeFacts, deleted bool) bool {
 		}
 		n = deletedNode(t.node)
 	}
+	// Reuse the published facts first, so a change and its undo between
+	// two snapshots do not look like a change (and force a full sync).
+	n, _ = reuseNode(n, t.nodeApplied)
 	n, changed := reuseNode(n, t.node)
 	firstSight := !deleted && !t.nodeSeen
 	if !deleted {

@@ -18,7 +18,8 @@ import (
 const DefaultResyncPeriod = 15 * time.Minute
 
 // Recorder receives the counts the proxy exports as metrics. Its methods are
-// called from informer goroutines and must not block.
+// called from informer goroutines, some with the tracker's lock held: they
+// must not block or call back into the Watcher.
 type Recorder interface {
 	// InvalidObject counts one skipped bad part of an object. kind is
 	// "Service", "EndpointSlice" or "Node"; reason is a stable snake_case
@@ -170,9 +171,10 @@ func (w *Watcher) WaitForSync(ctx context.Context) error {
 }
 
 // Snapshot folds every change recorded since the previous call into new
-// per-family snapshots and reports what changed. It is meant for the one
-// sync goroutine; concurrent calls are safe but each change is reported to
-// only one of them.
+// per-family snapshots and reports what changed. Changes are consumed: if
+// programming them fails, the caller must fall back to a full sync (each
+// snapshot is always complete). It is meant for the one sync goroutine;
+// concurrent calls are safe but each change is reported to only one of them.
 func (w *Watcher) Snapshot() State { return w.t.snapshot() }
 
 // Pending returns the number of Services with a pending change and of
