@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
+	"slices"
 
 	"github.com/kpr-proxy/kpr/internal/cni/config"
 )
@@ -191,48 +192,25 @@ func (a *Allocator) Lookup(owner Owner) ([]Reservation, error) {
 // Release frees every address owner holds and returns them. Owning nothing
 // is not an error (DEL is idempotent).
 func (a *Allocator) Release(owner Owner) ([]netip.Addr, error) {
-	mine, err := a.Lookup(owner)
-	if err != nil {
-		return nil, err
-	}
-	var freed []netip.Addr
-	var errs []error
-	for _, r := range mine {
-		if err := a.store.Release(r.Addr); err != nil {
-			errs = append(errs, fmt.Errorf("releasing %s: %w", r.Addr, err))
-			continue
-		}
-		freed = append(freed, r.Addr)
-	}
-	return freed, errors.Join(errs...)
+	gone, err := a.releaseWhere(func(r Reservation) bool { return r.Owner == owner })
+	return addrsOf(gone), err
 }
 
 // ReleaseIfOwned frees those of addrs that owner still holds: the undo of
 // a failed ADD, which must not free an address someone else got meanwhile.
 func (a *Allocator) ReleaseIfOwned(owner Owner, addrs []netip.Addr) ([]netip.Addr, error) {
-	mine, err := a.Lookup(owner)
-	if err != nil {
-		return nil, err
-	}
-	var freed []netip.Addr
-	var errs []error
-	for _, r := range mine {
-		for _, want := range addrs {
-			if r.Addr != want {
-				continue
-			}
-			if err := a.store.Release(r.Addr); err != nil {
-				errs = append(errs, fmt.Errorf("releasing %s: %w", r.Addr, err))
-				continue
-			}
-			freed = append(freed, r.Addr)
-		}
-	}
-	return freed, errors.Join(errs...)
+	gone, err := a.releaseWhere(func(r Reservation) bool { return r.Owner == owner && slices.Contains(addrs, r.Addr) })
+	return addrsOf(gone), err
 }
 
 // GC releases every reservation whose owner keep rejects and returns them.
 func (a *Allocator) GC(keep func(Owner) bool) ([]Reservation, error) {
+	return a.releaseWhere(func(r Reservation) bool { return !keep(r.Owner) })
+}
+
+// releaseWhere releases the reservations match selects; it carries on past
+// a failing release and reports all failures.
+func (a *Allocator) releaseWhere(match func(Reservation) bool) ([]Reservation, error) {
 	all, err := a.store.List()
 	if err != nil {
 		return nil, err
@@ -240,7 +218,7 @@ func (a *Allocator) GC(keep func(Owner) bool) ([]Reservation, error) {
 	var gone []Reservation
 	var errs []error
 	for _, r := range all {
-		if keep(r.Owner) {
+		if !match(r) {
 			continue
 		}
 		if err := a.store.Release(r.Addr); err != nil {
@@ -250,6 +228,14 @@ func (a *Allocator) GC(keep func(Owner) bool) ([]Reservation, error) {
 		gone = append(gone, r)
 	}
 	return gone, errors.Join(errs...)
+}
+
+func addrsOf(rs []Reservation) []netip.Addr {
+	var out []netip.Addr
+	for _, r := range rs {
+		out = append(out, r.Addr)
+	}
+	return out
 }
 
 // Usage is how full a pool is.

@@ -255,6 +255,9 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 	if err != nil {
 		return err
 	}
+	if pod.ReplacedStale {
+		log.Warn("replaced a stale node-side veth of an earlier sandbox of this container", zap.String("host_ifname", hostIf))
+	}
 
 	result := buildResult(cfg, br, pod, args.Netns, leases)
 	if err := types.PrintResult(result, cfg.Plugin.CNIVersion); err != nil {
@@ -478,7 +481,7 @@ func (p *Plugin) GC(args *skel.CmdArgs) error {
 	return err
 }
 
-// stderrLogger is podnet's CNI-mode logger: warnings and errors on stderr,
+// StderrLogger is podnet's CNI-mode logger: warnings and errors on stderr,
 // which runtimes put into their logs. Level via PODNET_LOG_LEVEL.
 func StderrLogger() *zap.Logger {
 	lvl := zap.WarnLevel

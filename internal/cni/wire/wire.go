@@ -33,16 +33,6 @@ func HostVethName(containerID, ifName string) string {
 	return "pn" + hex.EncodeToString(sum[:])[:12]
 }
 
-// IsHostVethName reports whether name looks like one of podnet's node-side
-// veths.
-func IsHostVethName(name string) bool {
-	if len(name) != 14 || !strings.HasPrefix(name, "pn") {
-		return false
-	}
-	_, err := hex.DecodeString(name[2:])
-	return err == nil
-}
-
 func ipNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
@@ -168,6 +158,9 @@ type PodConfig struct {
 type Pod struct {
 	Host      Iface
 	Container Iface
+	// ReplacedStale is set when a leftover node-side veth of the same
+	// attachment was removed first.
+	ReplacedStale bool
 }
 
 // SetupPod creates the veth pair, joins the host end to the bridge with
@@ -180,20 +173,38 @@ func SetupPod(cfg PodConfig) (pod Pod, err error) {
 	}
 	defer hostNS.Close()
 
-	if _, err := netlinksafe.LinkByName(cfg.HostIfName); err == nil {
-		return Pod{}, fmt.Errorf("node interface %s for this container already exists (ADD without DEL for the same container and interface?)", cfg.HostIfName)
-	}
 	br, err := netlinksafe.LinkByName(cfg.Bridge)
 	if err != nil {
 		return Pod{}, fmt.Errorf("looking up bridge %s: %w", cfg.Bridge, err)
+	}
+	// A pod interface that exists means ADD ran twice: refuse before
+	// touching anything, so the running pod keeps working.
+	err = cfg.NetNS.Do(func(ns.NetNS) error {
+		if _, err := netlinksafe.LinkByName(cfg.IfName); err == nil {
+			return fmt.Errorf("interface %s already exists in netns %s (ADD twice without DEL?)", cfg.IfName, cfg.NetNS.Path())
+		}
+		return nil
+	})
+	if err != nil {
+		return Pod{}, err
+	}
+	// A node-side veth with this attachment's name, while the pod has no
+	// interface, belongs to an earlier sandbox of the same container and
+	// interface (its netns gone or going: namespaces are torn down
+	// asynchronously). The new ADD supersedes it.
+	if old, err := netlinksafe.LinkByName(cfg.HostIfName); err == nil {
+		if _, ok := old.(*netlink.Veth); !ok {
+			return Pod{}, fmt.Errorf("node interface %s exists and is a %s, not podnet's veth", cfg.HostIfName, old.Type())
+		}
+		if err := netlink.LinkDel(old); err != nil && !errors.Is(err, syscall.ENODEV) {
+			return Pod{}, fmt.Errorf("removing stale node-side veth %s: %w", cfg.HostIfName, err)
+		}
+		pod.ReplacedStale = true
 	}
 
 	// Create the pair inside the pod's netns with the peer placed in the
 	// node's: the pod-side name can only clash inside the pod.
 	err = cfg.NetNS.Do(func(ns.NetNS) error {
-		if _, err := netlinksafe.LinkByName(cfg.IfName); err == nil {
-			return fmt.Errorf("interface %s already exists in netns %s", cfg.IfName, cfg.NetNS.Path())
-		}
 		attrs := netlink.NewLinkAttrs()
 		attrs.Name = cfg.IfName
 		attrs.MTU = cfg.MTU
