@@ -77,7 +77,7 @@ type Config struct {
 	// WriteConfigTo, when set, asks main to write this configuration as a
 	// KubeProxyConfiguration file (WriteConfigFile) and exit.
 	WriteConfigTo string
-	// Cleanup asks main to remove kpr's (and kube-proxy's) rules and exit.
+	// Cleanup asks main to remove kpr's rules (only kpr's) and exit.
 	Cleanup bool
 	// InitOnly asks main to do the steps that need full root privileges
 	// (sysctls, conntrack limits) and exit.

@@ -86,7 +86,7 @@ func (o *options) addKubeProxyFlags(fs *pflag.FlagSet) {
 	k := &o.kpc
 	fs.StringVar(&o.configFile, "config", "", "Path to a KubeProxyConfiguration file (kubeproxy.config.k8s.io/v1alpha1, YAML or JSON). Its values replace every other kube-proxy flag except --hostname-override, --master and the logging flags.")
 	fs.StringVar(&o.writeConfigTo, "write-config-to", "", "Write the effective configuration to this file as a KubeProxyConfiguration and exit.")
-	fs.BoolVar(&o.cleanup, "cleanup", false, "Remove the proxy rules kpr and kube-proxy install, then exit.")
+	fs.BoolVar(&o.cleanup, "cleanup", false, "Remove every rule and chain kpr installed (never kube-proxy's or kubelet's), then exit.")
 	fs.BoolVar(&o.initOnly, "init-only", false, "Do the set-up that needs full root privileges (sysctls), then exit; kpr can then run with only CAP_NET_ADMIN.")
 	fs.Var(&versionValue{&o.version}, "version", "Print version information and exit (--version=raw for details).")
 	fs.Lookup("version").NoOptDefVal = "true"

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"net/netip"
 	"reflect"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -96,6 +97,9 @@ type Proxier struct {
 	lastFull    time.Time
 	forceFull   atomic.Bool
 	warnedNode  bool
+
+	mu      sync.Mutex     // guards applied, read by Programmed
+	applied *model.Snapshot // the snapshot the kernel holds
 }
 
 // New makes a Proxier. It touches nothing in the kernel.
@@ -193,6 +197,7 @@ func (p *Proxier) Sync(ctx context.Context, snap *model.Snapshot, node *model.No
 		// Nothing changed; skip the exec entirely.
 		res.Skipped = true
 		p.state = out.State
+		p.setApplied(snap)
 		return res, nil
 	}
 
@@ -214,6 +219,7 @@ func (p *Proxier) Sync(ctx context.Context, snap *model.Snapshot, node *model.No
 		return res, fmt.Errorf("iptables-restore: %w", err)
 	}
 	p.state, p.kernelKnown = out.State, true
+	p.setApplied(snap)
 	if out.Full {
 		p.lastFull = p.cfg.Clock.Now()
 	}

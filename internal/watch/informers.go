@@ -85,7 +85,7 @@ func (w *Watcher) setupInformers() error {
 		handle    func(obj any, deleted bool)
 	}
 	for _, s := range []spec{
-		{svcInf, transformService, w.onService},
+		{svcInf, w.serviceTransform(), w.onService},
 		{sliceInf, transformEndpointSlice, w.onSlice},
 		{nodeInf, transformNode, w.onNode},
 	} {

@@ -4,6 +4,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/cache"
 )
 
 // The transforms below run on every object before it enters an informer
@@ -25,6 +26,22 @@ func keepKeys(m map[string]string, keys ...string) map[string]string {
 		}
 	}
 	return out
+}
+
+// serviceTransform is transformService, minus spec.externalIPs when the
+// AllowServiceExternalIPs feature gate is off (kube-proxy then programs no
+// rules for them).
+func (w *Watcher) serviceTransform() cache.TransformFunc {
+	if !w.cfg.IgnoreExternalIPs {
+		return transformService
+	}
+	return func(obj any) (any, error) {
+		out, err := transformService(obj)
+		if svc, ok := out.(*v1.Service); ok && err == nil {
+			svc.Spec.ExternalIPs = nil
+		}
+		return out, err
+	}
 }
 
 func transformService(obj any) (any, error) {

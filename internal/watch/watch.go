@@ -64,6 +64,9 @@ type Config struct {
 	// proxy programs. It is called from informer goroutines and must not
 	// block (typically a non-blocking send on a channel of capacity 1).
 	RequestSync func()
+	// IgnoreExternalIPs drops spec.externalIPs (feature gate
+	// AllowServiceExternalIPs=false).
+	IgnoreExternalIPs bool
 }
 
 // Watcher watches Services, EndpointSlices and this Node and hands out

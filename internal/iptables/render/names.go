@@ -85,3 +85,10 @@ func isGenerated(chain string) bool {
 	}
 	return false
 }
+
+// ServiceChains returns the names of a Service port's own chains
+// (KPR-SVC, KPR-SVL, KPR-EXT, KPR-FW; not all exist for every Service).
+func ServiceChains(name model.ServicePortName) []string {
+	c := chainsFor(name)
+	return []string{c.svc, c.svl, c.ext, c.fw}
+}

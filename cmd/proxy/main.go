@@ -1,0 +1,85 @@
+// Command proxy is kpr, a drop-in replacement for kube-proxy. It accepts
+// kube-proxy's flags and --config file; see README.md.
+//
+//	proxy [kube-proxy flags]      run the proxy
+//	proxy --cleanup               remove kpr's rules and exit
+//	proxy version                 print the version
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/kpr-proxy/kpr/internal/app"
+	"github.com/kpr-proxy/kpr/internal/config"
+	"github.com/kpr-proxy/kpr/internal/version"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	if len(args) > 0 && args[0] == "version" {
+		fmt.Println(version.KubeProxyString())
+		return 0
+	}
+	if len(args) > 0 && args[0] == "cleanup" {
+		args = append([]string{"--cleanup"}, args[1:]...)
+	}
+	cfg, err := config.Parse(args, os.Stderr)
+	switch {
+	case errors.Is(err, config.ErrHelp):
+		return 0
+	case errors.Is(err, config.ErrVersion):
+		fmt.Println(version.KubeProxyString())
+		return 0
+	case errors.Is(err, config.ErrVersionRaw):
+		fmt.Println(version.Raw())
+		return 0
+	case err != nil:
+		fmt.Fprintf(os.Stderr, "proxy: %v\n", err)
+		return 2
+	}
+
+	log, err := app.NewLogger(cfg.LogFormat, cfg.LogLevel)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "proxy: logger: %v\n", err)
+		return 1
+	}
+	defer func() { _ = log.Sync() }()
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	switch {
+	case cfg.WriteConfigTo != "":
+		if err := config.WriteConfigFile(cfg.WriteConfigTo, cfg); err != nil {
+			fmt.Fprintf(os.Stderr, "proxy: %v\n", err)
+			return 1
+		}
+		return 0
+	case cfg.Cleanup:
+		if err := app.Cleanup(ctx, log); err != nil {
+			fmt.Fprintf(os.Stderr, "proxy: cleanup: %v\n", err)
+			return 1
+		}
+		return 0
+	case cfg.InitOnly:
+		if err := app.InitOnly(cfg, log); err != nil {
+			fmt.Fprintf(os.Stderr, "proxy: %v\n", err)
+			return 1
+		}
+		return 0
+	}
+	if err := app.Run(ctx, cfg, log); err != nil {
+		log.Error("proxy failed")
+		fmt.Fprintf(os.Stderr, "proxy: %v\n", err)
+		return 1
+	}
+	return 0
+}
