@@ -98,7 +98,7 @@ type Proxier struct {
 	forceFull   atomic.Bool
 	warnedNode  bool
 
-	mu      sync.Mutex     // guards applied, read by Programmed
+	mu      sync.Mutex      // guards applied, read by Programmed
 	applied *model.Snapshot // the snapshot the kernel holds
 }
 

@@ -22,7 +22,7 @@ import (
 type fakeSysctl map[string]string
 
 func (f fakeSysctl) Get(n string) (string, error) { return f[n], nil }
-func (f fakeSysctl) Set(n, v string) error         { f[n] = v; return nil }
+func (f fakeSysctl) Set(n, v string) error        { f[n] = v; return nil }
 
 type env struct {
 	t     *testing.T
