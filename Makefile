@@ -1,10 +1,11 @@
 # kpr: a drop-in replacement for kube-proxy.
-GO      ?= go
+GO      ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 BIN     := bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/kpr-proxy/kpr/internal/version.Version=$(VERSION)
+E2E_TIMEOUT ?= 45m
 
-.PHONY: all build test test-unit vet clean
+.PHONY: all build deps vet test test-unit test-short e2e e2e-build e2e-upstream demo clean
 
 all: build
 
@@ -13,15 +14,36 @@ build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/proxy ./cmd/proxy
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/podnet ./cmd/podnet
 
+# Installs iptables, ipset, conntrack and iproute2 when missing (Debian).
+deps:
+	@hack/deps.sh
+
 vet:
 	$(GO) vet ./...
+	cd e2e && $(GO) vet ./...
 
-# Every test. Kernel tests need root; without it they skip and say why.
-test: vet
-	$(GO) test -count=1 ./...
+# Every test: unit, real-kernel (in throwaway network namespaces; needs root,
+# skipped with a reason otherwise) and the end-to-end suite.
+test: deps vet test-unit e2e
 
 test-unit:
+	$(GO) test -count=1 -timeout 20m ./...
+
+# Pure-logic tests only (no root needed).
+test-short:
 	$(GO) test -short -count=1 ./...
+
+# Builds etcd, kube-apiserver, kube-controller-manager and kube-proxy from
+# their Go modules into e2e/_cache/bin (minutes on a cold cache, then cached).
+e2e-build:
+	cd e2e && $(GO) run ./cmd/e2e-build
+
+e2e: build e2e-build
+	cd e2e && E2E_PROXY=$${E2E_PROXY:-kpr} $(GO) test -count=1 -timeout $(E2E_TIMEOUT) ./...
+
+# The same scenarios against upstream kube-proxy v1.37.
+e2e-upstream: build e2e-build
+	cd e2e && E2E_PROXY=upstream $(GO) test -count=1 -timeout $(E2E_TIMEOUT) ./...
 
 clean:
 	rm -rf $(BIN)
