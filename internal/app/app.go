@@ -202,13 +202,12 @@ func (a *App) sync() error {
 		if fs == nil {
 			continue
 		}
-		res, err := f.proxier.Sync(a.ctx, fs.Snapshot, fs.Node)
+		_, err := f.proxier.Sync(a.ctx, fs.Snapshot, fs.Node)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", f.fam, err))
 			continue
 		}
 		now := time.Now()
-		a.metrics.ObserveSync(f.fam, metrics.SyncAny, res.Duration)
 		a.metrics.SyncSucceeded(f.fam, now)
 		if a.healthz != nil {
 			a.healthz.Updated(f.fam)
