@@ -16,9 +16,7 @@ import (
 // when the last synced snapshot has no such Service. It only reads the
 // kernel and is safe to call while Sync runs.
 func (p *Proxier) Programmed(ctx context.Context, namespace, name string) (string, bool, error) {
-	p.mu.Lock()
-	snap := p.applied
-	p.mu.Unlock()
+	snap := p.Applied()
 	if snap == nil {
 		return "", false, nil
 	}
@@ -91,4 +89,12 @@ func (p *Proxier) setApplied(s *model.Snapshot) {
 	p.mu.Lock()
 	p.applied = s
 	p.mu.Unlock()
+}
+
+// Applied returns the snapshot the kernel holds (nil before the first
+// successful sync). Safe to call while Sync runs; the snapshot is immutable.
+func (p *Proxier) Applied() *model.Snapshot {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.applied
 }

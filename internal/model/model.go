@@ -190,6 +190,9 @@ type Endpoint struct {
 
 	NodeName string
 	Zone     string
+	// PodName is the endpoint's targetRef name when it is a Pod in the
+	// Service's namespace (for operator tooling; "" otherwise).
+	PodName string
 	// IsLocal: the endpoint runs on this node.
 	IsLocal bool
 

@@ -75,6 +75,9 @@ func convertSlice(es *discovery.EndpointSlice, fam model.Family, service, nodeNa
 			Serving:     ep.Conditions.Serving == nil || *ep.Conditions.Serving,
 			Terminating: ep.Conditions.Terminating != nil && *ep.Conditions.Terminating,
 		}
+		if ep.TargetRef != nil && ep.TargetRef.Kind == "Pod" {
+			m.PodName = ep.TargetRef.Name
+		}
 		if ep.NodeName != nil {
 			m.NodeName = *ep.NodeName
 			m.IsLocal = nodeName != "" && m.NodeName == nodeName
@@ -190,7 +193,7 @@ func endpointEqual(a, b *model.Endpoint) bool {
 	}
 	return a.IP == b.IP && a.Port == b.Port &&
 		a.Ready == b.Ready && a.Serving == b.Serving && a.Terminating == b.Terminating &&
-		a.NodeName == b.NodeName && a.Zone == b.Zone && a.IsLocal == b.IsLocal &&
+		a.NodeName == b.NodeName && a.Zone == b.Zone && a.IsLocal == b.IsLocal && a.PodName == b.PodName &&
 		slices.Equal(a.ZoneHints, b.ZoneHints) && slices.Equal(a.NodeHints, b.NodeHints)
 }
 

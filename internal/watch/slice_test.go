@@ -191,7 +191,10 @@ func TestTransformsKeepWhatTheProxyReads(t *testing.T) {
 	es.Ports[0].AppProtocol = ptr.To("http")
 	obj, _ = transformEndpointSlice(es)
 	tes := obj.(*discovery.EndpointSlice)
-	if tes.Endpoints[0].TargetRef != nil || tes.Endpoints[0].Hostname != nil || len(tes.Endpoints[0].Addresses) != 1 ||
+	if ref := tes.Endpoints[0].TargetRef; ref == nil || *ref != (v1.ObjectReference{Kind: "Pod", Name: "p"}) {
+		t.Errorf("transformed slice must keep only the pod's kind and name: %+v", ref)
+	}
+	if tes.Endpoints[0].Hostname != nil || len(tes.Endpoints[0].Addresses) != 1 ||
 		tes.Ports[0].AppProtocol != nil || len(tes.Labels) != 1 || len(tes.Annotations) != 1 {
 		t.Errorf("transformed slice keeps unused data: %+v", tes)
 	}

@@ -102,7 +102,8 @@ func TestNoOpUpdatesAreDropped(t *testing.T) {
 	h.addService(s2)
 	es2 := es.DeepCopy()
 	es2.ResourceVersion = "2"
-	es2.Endpoints[0].TargetRef = &v1.ObjectReference{Kind: "Pod", Name: "p-2"}
+	es2.Endpoints[0].Hostname = ptr.To("h-2")
+	es2.Endpoints[0].DeprecatedTopology = map[string]string{"x": "y"}
 	es2.Annotations = map[string]string{v1.EndpointsLastChangeTriggerTime: time.Now().Add(time.Hour).Format(time.RFC3339Nano)}
 	h.addSlice(es2)
 

@@ -126,6 +126,11 @@ func transformEndpointSlice(obj any) (any, error) {
 				Zone:       ep.Zone,
 				Hints:      ep.Hints,
 			}
+			if ref := ep.TargetRef; ref != nil && ref.Kind == "Pod" {
+				// Only the name: operators see which pod an entry
+				// belongs to (proxy conntrack, debug views).
+				out.Endpoints[i].TargetRef = &v1.ObjectReference{Kind: "Pod", Name: ref.Name}
+			}
 		}
 	}
 	return out, nil
