@@ -4,6 +4,7 @@
 //	proxy [kube-proxy flags]      run the proxy
 //	proxy --cleanup               remove kpr's rules and exit
 //	proxy version                 print the version
+//	proxy conntrack <command>     conntrack entries of kpr's Services (see --help)
 package main
 
 import (
@@ -16,6 +17,7 @@ import (
 
 	"github.com/kpr-proxy/kpr/internal/app"
 	"github.com/kpr-proxy/kpr/internal/config"
+	"github.com/kpr-proxy/kpr/internal/ctcli"
 	"github.com/kpr-proxy/kpr/internal/version"
 )
 
@@ -27,6 +29,11 @@ func run(args []string) int {
 	if len(args) > 0 && args[0] == "version" {
 		fmt.Println(version.KubeProxyString())
 		return 0
+	}
+	if len(args) > 0 && args[0] == "conntrack" {
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+		defer stop()
+		return ctcli.Main(ctx, args[1:], os.Stdout, os.Stderr)
 	}
 	if len(args) > 0 && args[0] == "cleanup" {
 		args = append([]string{"--cleanup"}, args[1:]...)

@@ -52,39 +52,52 @@ func (a *App) serveServiceRules(w http.ResponseWriter, r *http.Request, ns, name
 
 // SnapshotView is the JSON form of /debug/kpr/snapshot.
 type SnapshotView struct {
-	Node     string        `json:"node"`
+	Node string `json:"node"`
+	// NodeZone is the node's topology.kubernetes.io/zone (for hints).
+	NodeZone string        `json:"nodeZone,omitempty"`
 	Services []ServiceView `json:"services"`
 }
 
 // ServiceView is one Service port in one family.
 type ServiceView struct {
-	Namespace   string         `json:"namespace"`
-	Name        string         `json:"name"`
-	Port        string         `json:"portName,omitempty"`
-	Protocol    string         `json:"protocol"`
-	Family      string         `json:"family"`
-	ClusterIP   string         `json:"clusterIP"`
-	ServicePort uint16         `json:"port"`
-	NodePort    uint16         `json:"nodePort,omitempty"`
-	ExternalIPs []string       `json:"externalIPs,omitempty"`
-	LBIPs       []string       `json:"loadBalancerIPs,omitempty"`
-	Endpoints   []EndpointView `json:"endpoints"`
+	Namespace   string   `json:"namespace"`
+	Name        string   `json:"name"`
+	Port        string   `json:"portName,omitempty"`
+	Protocol    string   `json:"protocol"`
+	Family      string   `json:"family"`
+	ClusterIP   string   `json:"clusterIP"`
+	ServicePort uint16   `json:"port"`
+	NodePort    uint16   `json:"nodePort,omitempty"`
+	ExternalIPs []string `json:"externalIPs,omitempty"`
+	LBIPs       []string `json:"loadBalancerIPs,omitempty"`
+	// Traffic policies decide which endpoints this node uses.
+	InternalPolicyLocal bool           `json:"internalTrafficPolicyLocal,omitempty"`
+	ExternalPolicyLocal bool           `json:"externalTrafficPolicyLocal,omitempty"`
+	Endpoints           []EndpointView `json:"endpoints"`
 }
 
 // EndpointView is one endpoint of a Service port.
 type EndpointView struct {
-	IP          string `json:"ip"`
-	Port        uint16 `json:"port"`
-	Ready       bool   `json:"ready"`
-	Serving     bool   `json:"serving"`
-	Terminating bool   `json:"terminating"`
-	Node        string `json:"node,omitempty"`
-	Pod         string `json:"pod,omitempty"`
-	Local       bool   `json:"local"`
+	IP          string   `json:"ip"`
+	Port        uint16   `json:"port"`
+	Ready       bool     `json:"ready"`
+	Serving     bool     `json:"serving"`
+	Terminating bool     `json:"terminating"`
+	Node        string   `json:"node,omitempty"`
+	Pod         string   `json:"pod,omitempty"`
+	Local       bool     `json:"local"`
+	Zone        string   `json:"zone,omitempty"`
+	ZoneHints   []string `json:"zoneHints,omitempty"`
+	NodeHints   []string `json:"nodeHints,omitempty"`
 }
 
 func (a *App) serveSnapshot(w http.ResponseWriter) {
 	v := SnapshotView{Node: a.nodeName, Services: []ServiceView{}}
+	for _, n := range a.watcher.Nodes() {
+		if n != nil && n.Zone != "" {
+			v.NodeZone = n.Zone
+		}
+	}
 	for _, f := range a.families {
 		if s := f.proxier.Applied(); s != nil {
 			v.Services = append(v.Services, viewOf(s)...)
@@ -103,6 +116,7 @@ func viewOf(s *model.Snapshot) []ServiceView {
 		sv := ServiceView{
 			Namespace: name.Namespace, Name: name.Name, Port: name.Port, Protocol: string(sp.Protocol),
 			Family: s.Family.String(), ClusterIP: sp.ClusterIP.String(), ServicePort: sp.Port, NodePort: sp.NodePort,
+			InternalPolicyLocal: sp.InternalPolicyLocal, ExternalPolicyLocal: sp.ExternalPolicyLocal,
 			Endpoints: []EndpointView{},
 		}
 		for _, ip := range sp.ExternalIPs {
@@ -115,6 +129,7 @@ func viewOf(s *model.Snapshot) []ServiceView {
 			sv.Endpoints = append(sv.Endpoints, EndpointView{
 				IP: ep.IP.String(), Port: ep.Port, Ready: ep.Ready, Serving: ep.Serving, Terminating: ep.Terminating,
 				Node: ep.NodeName, Pod: ep.PodName, Local: ep.IsLocal,
+				Zone: ep.Zone, ZoneHints: ep.ZoneHints, NodeHints: ep.NodeHints,
 			})
 		}
 		out = append(out, sv)
