@@ -45,5 +45,11 @@ e2e: build e2e-build
 e2e-upstream: build e2e-build
 	cd e2e && E2E_PROXY=upstream $(GO) test -count=1 -timeout $(E2E_TIMEOUT) ./...
 
+# A local cluster in network namespaces with kpr as its kube-proxy: shows
+# ClusterIP, NodePort and LoadBalancer traffic, then stays up until Ctrl-C.
+# Needs root; the first run builds the control plane (several minutes).
+demo:
+	@hack/demo.sh
+
 clean:
 	rm -rf $(BIN)
