@@ -381,27 +381,30 @@ func TestCleanupNodeZoneChangeForcesFull(t *testing.T) {
 	}
 }
 
-func TestCleanupUsesCategorize(t *testing.T) {
-	// internalTrafficPolicy: Local on a ClusterIP-only Service: this node
-	// only DNATs to its local endpoint, so entries to remote ones are stale.
+// An established flow stays on an endpoint as long as it serves, wherever
+// new traffic goes (traffic policy Local, terminating with ready peers), as
+// kube-proxy's reconciler does; only endpoints that are gone or not serving
+// lose their entries.
+func TestCleanupKeepsServingEndpoints(t *testing.T) {
 	local := &model.Endpoint{IP: ip("198.18.1.2"), Port: 5353, Ready: true, Serving: true, IsLocal: true, NodeName: "node-a"}
 	remote := &model.Endpoint{IP: ip("198.18.2.2"), Port: 5353, Ready: true, Serving: true, NodeName: "node-b"}
-	// A terminating-but-serving endpoint is not used while ready ones exist.
 	term := &model.Endpoint{IP: ip("198.18.3.2"), Port: 5353, Serving: true, Terminating: true, IsLocal: true, NodeName: "node-a"}
+	dead := &model.Endpoint{IP: ip("198.18.3.3"), Port: 5353, Terminating: true, NodeName: "node-b"}
 	svc := svcPort("itp", model.UDP, "198.19.192.80", 53, func(s *model.ServicePort) { s.InternalPolicyLocal = true })
-	cur := snap(model.IPv4, entry{svc, []*model.Endpoint{local, remote, term}})
+	cur := snap(model.IPv4, entry{svc, []*model.Endpoint{local, remote, term, dead}})
 
 	fe := ap("198.19.192.80:53")
 	toLocal := natFlow(udp, clientIP, 1, fe, local.AddrPort())
 	toRemote := natFlow(udp, clientIP, 2, fe, remote.AddrPort())
 	toTerm := natFlow(udp, clientIP, 3, fe, term.AddrPort())
+	toDead := natFlow(udp, clientIP, 4, fe, dead.AddrPort())
 	fake := cttesting.NewFake()
-	fake.Add(toLocal, toRemote, toTerm)
+	fake.Add(toLocal, toRemote, toTerm, toDead)
 	if _, err := newCleaner(t, model.IPv4, fake).Cleanup(nil, cur, node); err != nil {
 		t.Fatal(err)
 	}
-	if !fake.Has(toLocal) || fake.Has(toRemote) || fake.Has(toTerm) {
-		t.Fatalf("want only the local-endpoint entry kept, table: %v", fake.Flows())
+	if !fake.Has(toLocal) || !fake.Has(toRemote) || !fake.Has(toTerm) || fake.Has(toDead) {
+		t.Fatalf("want the serving endpoints' entries kept and the non-serving one deleted, table: %v", fake.Flows())
 	}
 }
 

@@ -4,7 +4,6 @@ import (
 	"net/netip"
 	"sort"
 
-	"github.com/kpr-proxy/kpr/internal/endpoints"
 	"github.com/kpr-proxy/kpr/internal/model"
 )
 
@@ -78,8 +77,11 @@ type Plan struct {
 
 // NewPlan examines the UDP and SCTP Service ports that differ between prev
 // and cur (model.SameServicePort); prev == nil examines every one. For
-// each examined port the allowed reply sources are the endpoints this node
-// DNATs to (endpoints.Categorize(...).AllReachable), for its cluster IP,
+// each examined port the allowed reply sources are its serving endpoints,
+// wherever they run and whatever the traffic policies, topology hints or
+// terminating state (as kube-proxy's reconciler): an established flow may
+// stay on an endpoint that still serves even when new traffic goes
+// elsewhere. They apply to its cluster IP,
 // external IPs and load-balancer IPs (at the Service port) and its node
 // port (any destination address). Frontends that an examined port had in
 // prev but not in cur are examined too: every entry to them is stale unless
@@ -219,15 +221,20 @@ func (p *Plan) forEachFrontend(svc *model.ServicePort, fn func(frontendKey)) {
 }
 
 // targetFor computes (once) the allowed reply sources of a current
-// Service port: every endpoint this node may DNAT it to.
+// Service port: every endpoint that still serves. Only endpoints that are
+// gone or no longer serving break a flow; a rolling update, a traffic
+// policy or a topology change moves new traffic but leaves existing UDP
+// flows alone (a DNS client mid-query keeps its answer).
 func (p *Plan) targetFor(name model.ServicePortName, svc *model.ServicePort) *target {
 	if t, ok := p.targets[name]; ok {
 		return t
 	}
-	reach := endpoints.Categorize(p.cur.Endpoints[name], svc, p.node).AllReachable
-	t := &target{name: name, allowed: make(map[netip.AddrPort]struct{}, len(reach))}
-	for _, ep := range reach {
-		t.allowed[ep.AddrPort()] = struct{}{}
+	eps := p.cur.Endpoints[name]
+	t := &target{name: name, allowed: make(map[netip.AddrPort]struct{}, len(eps))}
+	for _, ep := range eps {
+		if ep.Serving {
+			t.allowed[ep.AddrPort()] = struct{}{}
+		}
 	}
 	p.targets[name] = t
 	return t

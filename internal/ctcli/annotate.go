@@ -370,12 +370,12 @@ func (idx *famIndex) explain(r *Row, code string) (string, string) {
 		return code, who + " is no longer an endpoint"
 	case EPNotServing:
 		return code, who + " is terminating and no longer serving"
-	case EPTerminating:
-		return code, who + " is terminating; traffic now goes to the ready endpoints"
 	case EPNotReady:
 		return code, who + " is not ready"
 	}
-	return code, who + " is not used from this node (traffic policy Local or topology hints)"
+	// Endpoints that still serve are never stale (flows may stay on them);
+	// this only covers a state the plan and the view disagree on.
+	return code, who + " is not a serving endpoint"
 }
 
 func podDesc(pod, node string) string {
