@@ -5,7 +5,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/kpr-proxy/kpr/internal/version.Version=$(VERSION)
 E2E_TIMEOUT ?= 45m
 
-.PHONY: all build deps vet test test-unit test-short e2e e2e-build e2e-upstream demo clean
+.PHONY: all build deps vet test test-unit test-short e2e e2e-build e2e-upstream e2e-upstream-scenarios demo clean
 
 all: build
 
@@ -23,8 +23,10 @@ vet:
 	cd e2e && $(GO) vet ./...
 
 # Every test: unit, real-kernel (in throwaway network namespaces; needs root,
-# skipped with a reason otherwise) and the end-to-end suite.
-test: deps vet test-unit e2e
+# skipped with a reason otherwise), the end-to-end suite against kpr, and the
+# same scenarios against upstream kube-proxy (proving they test Kubernetes
+# behaviour, not kpr's implementation).
+test: deps vet test-unit e2e e2e-upstream-scenarios
 
 test-unit:
 	$(GO) test -count=1 -timeout 20m ./...
@@ -50,6 +52,9 @@ e2e-upstream: build e2e-build
 # Needs root; the first run builds the control plane (several minutes).
 demo:
 	@hack/demo.sh
+
+e2e-upstream-scenarios: build e2e-build
+	cd e2e && E2E_PROXY=upstream $(GO) test -count=1 -timeout $(E2E_TIMEOUT) ./scenarios/
 
 clean:
 	rm -rf $(BIN)
