@@ -176,10 +176,9 @@ func (p *Proxier) Sync(ctx context.Context, snap *model.Snapshot, node *model.No
 		}
 	}
 
-	in := render.Input{Snapshot: snap, Node: p.node, Config: p.renderCfg, Existing: existing}
-	if !full {
-		in.Prev = p.state
-	}
+	// Prev is passed on full syncs too: the chains it owned are deletion
+	// candidates when the kernel is not re-listed.
+	in := render.Input{Snapshot: snap, Node: p.node, Config: p.renderCfg, Existing: existing, Prev: p.state, ForceFull: full}
 	out := render.Render(in)
 	res.Full, res.Stats = out.Full, out.Stats
 	kind := metrics.SyncPartial

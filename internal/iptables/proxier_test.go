@@ -202,6 +202,22 @@ func TestSyncPeriodForcesFullSync(t *testing.T) {
 	}
 }
 
+// A Service removed in the very sync that is the periodic full resync must
+// still have its chains deleted (the kernel is not re-listed then).
+func TestPeriodicFullSyncDeletesRemovedServiceChains(t *testing.T) {
+	e := newEnv(t, nil)
+	e.sync(webLines...)
+	e.clock.Step(31 * time.Second)
+	if res := e.sync(webLines[:3]...); !res.Full {
+		t.Fatal("expected the periodic full sync")
+	}
+	fresh := newEnv(t, nil)
+	fresh.sync(webLines[:3]...)
+	if got, want := e.kernel(), fresh.kernel(); got != want {
+		t.Errorf("removed Service's chains survived the periodic full sync\n--- got\n%s\n--- want\n%s", got, want)
+	}
+}
+
 func TestNodeCIDRChangeForcesFullSync(t *testing.T) {
 	e := newEnv(t, func(c *Config) { c.DetectLocalMode = DetectLocalNodeCIDR })
 	e.sync(webLines...)

@@ -36,6 +36,9 @@ type Input struct {
 	// Config or Node (compared by identity: the caller makes new values
 	// when they change).
 	Prev *State
+	// ForceFull makes a full sync even when Prev would allow a partial one
+	// (the periodic resync). Prev's chains are still deletion candidates.
+	ForceFull bool
 	// Existing lists the chains in the kernel per table ("nat", "filter").
 	// On a full sync, generated kpr chains in it that the new state does
 	// not own are deleted (leftovers of a crash or an older version). It
@@ -99,7 +102,7 @@ func Render(in Input) *Result {
 	large := totalEndpoints > cfg.largeClusterThreshold()
 
 	prev := in.Prev
-	full := prev == nil || prev.config != cfg || prev.node != in.Node || prev.large != large
+	full := in.ForceFull || prev == nil || prev.config != cfg || prev.node != in.Node || prev.large != large
 	// A full sync forced by a change of config, node or comment mode still
 	// knows which chains the previous state owned: they are deletion
 	// candidates alongside whatever the kernel listing shows.
