@@ -9,11 +9,15 @@ package main
 
 import (
 	"context"
+	"io"
 	"errors"
 	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/sirupsen/logrus"
+	"go.uber.org/zap"
 
 	"github.com/kpr-proxy/kpr/internal/app"
 	"github.com/kpr-proxy/kpr/internal/config"
@@ -53,6 +57,11 @@ func run(args []string) int {
 		return 2
 	}
 
+	// moby/ipvs logs through logrus' global logger (modprobe attempts,
+	// "ipvs not enabled" at every handle). kpr reports those conditions
+	// itself, once and in its own log format.
+	logrus.SetOutput(io.Discard)
+
 	log, err := app.NewLogger(cfg.LogFormat, cfg.LogLevel)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "proxy: logger: %v\n", err)
@@ -71,7 +80,7 @@ func run(args []string) int {
 		}
 		return 0
 	case cfg.Cleanup:
-		if err := app.Cleanup(ctx, log); err != nil {
+		if err := app.Cleanup(ctx, cfg, log); err != nil {
 			fmt.Fprintf(os.Stderr, "proxy: cleanup: %v\n", err)
 			return 1
 		}
@@ -84,8 +93,7 @@ func run(args []string) int {
 		return 0
 	}
 	if err := app.Run(ctx, cfg, log); err != nil {
-		log.Error("proxy failed")
-		fmt.Fprintf(os.Stderr, "proxy: %v\n", err)
+		log.Error("proxy failed", zap.Error(err))
 		return 1
 	}
 	return 0

@@ -28,7 +28,6 @@ import (
 	"github.com/kpr-proxy/kpr/internal/config"
 	"github.com/kpr-proxy/kpr/internal/endpoints"
 	"github.com/kpr-proxy/kpr/internal/health"
-	kpriptables "github.com/kpr-proxy/kpr/internal/iptables"
 	"github.com/kpr-proxy/kpr/internal/iptables/ipt"
 	"github.com/kpr-proxy/kpr/internal/metrics"
 	"github.com/kpr-proxy/kpr/internal/model"
@@ -45,7 +44,7 @@ const canaryInterval = 5 * time.Second
 // family is one IP family's proxier and what it last programmed.
 type family struct {
 	fam     model.Family
-	proxier *kpriptables.Proxier
+	proxier modeProxier
 	// applied is the snapshot the kernel holds (after the last successful
 	// sync); conntrack cleanup compares against it.
 	applied *model.Snapshot
@@ -66,6 +65,7 @@ type App struct {
 	healthz  *health.ProxyHealthServer
 	hcServer *health.ServiceHealthServer
 	cleaners map[model.Family]StaleCleaner
+	ipvsK    *ipvsKernel
 
 	ctx context.Context
 }
@@ -82,8 +82,8 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger) error {
 	for _, w := range cfg.Warnings {
 		log.Warn("configuration", zap.String("field", w.Field), zap.String("warning", w.Message))
 	}
-	if cfg.Mode != config.ModeIPTables {
-		return fmt.Errorf("proxy mode %q is not available in this build of kpr yet; use --proxy-mode=iptables", cfg.Mode)
+	if cfg.Mode != config.ModeIPTables && cfg.Mode != config.ModeIPVS {
+		return fmt.Errorf("proxy mode %q is not supported by kpr; use iptables or ipvs", cfg.Mode)
 	}
 	nodeName, err := cfg.NodeName()
 	if err != nil {
@@ -136,7 +136,7 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger) error {
 		return err
 	}
 	a.runner, err = kprsync.New(kprsync.Config{
-		Name: "iptables", Fn: a.sync,
+		Name: "iptables", Fn: a.withTakeover(a.sync),
 		MinInterval: cfg.MinSyncPeriod, MaxInterval: cfg.SyncPeriod, Burst: 2,
 		Retry:  &kprsync.Backoff{Initial: time.Second, Max: cfg.SyncPeriod, Factor: 2},
 		Logger: log.Named("sync"),
@@ -202,7 +202,7 @@ func (a *App) sync() error {
 		if fs == nil {
 			continue
 		}
-		_, err := f.proxier.Sync(a.ctx, fs.Snapshot, fs.Node)
+		err := f.proxier.Sync(a.ctx, fs.Snapshot, fs.Node)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", f.fam, err))
 			continue
@@ -303,18 +303,12 @@ func (a *App) buildFamilies(ctx context.Context) ([]*family, error) {
 				npCIDRs = append(npCIDRs, c)
 			}
 		}
-		p, err := kpriptables.New(kpriptables.Config{
-			Family: fam, IPT: runner, Logger: a.log.Named("iptables"), Metrics: a.metrics,
-			MasqueradeBit: int(a.cfg.IPTables.MasqueradeBit), MasqueradeAll: a.cfg.IPTables.MasqueradeAll,
-			LocalhostNodePorts: a.cfg.IPTables.LocalhostNodePorts,
-			NodePortPrimary:    npPrimary, NodePortCIDRs: npCIDRs,
-			DetectLocalMode: string(a.cfg.DetectLocal.Mode), ClusterCIDRs: cidrs,
-			BridgeInterface: a.cfg.DetectLocal.BridgeInterface, InterfaceNamePrefix: a.cfg.DetectLocal.InterfaceNamePrefix,
-			ConntrackTCPBeLiberal: a.cfg.Conntrack.TCPBeLiberal,
-			SyncPeriod:            a.cfg.SyncPeriod,
-			LocalAddrs:            localAddrs,
-			Sysctl:                procSysctl{},
-		})
+		var p modeProxier
+		if a.cfg.Mode == config.ModeIPVS {
+			p, err = a.newIPVSProxier(fam, runner, npPrimary, npCIDRs, cidrs)
+		} else {
+			p, err = a.newIPTablesProxier(fam, runner, npPrimary, npCIDRs, cidrs)
+		}
 		if err != nil {
 			return nil, err
 		}
