@@ -6,6 +6,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/kpr-proxy/kpr/internal/config"
 	"github.com/kpr-proxy/kpr/internal/takeover"
 )
 
@@ -24,6 +25,13 @@ func (a *App) withTakeover(sync func() error) func() error {
 	}
 	log := a.log.Named("takeover")
 	cfg := takeover.Discover(log)
+	if a.cfg.Mode == config.ModeIPVS && cfg.IPVS != nil {
+		// kpr's ipvs mode owns every virtual server of its families: it
+		// adopts those it wants (kube-proxy used the same address, protocol
+		// and port for the same Service port) and deletes the rest itself.
+		cfg.IPVS = nil
+		cfg.Notes = append(cfg.Notes, "IPVS virtual servers left to kpr's ipvs mode, which adopts or deletes kube-proxy's")
+	}
 	cfg.DryRun = a.cfg.Takeover.DryRun
 	cfg.Out = os.Stdout
 	tk, err := takeover.New(cfg)
