@@ -16,8 +16,10 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/go-logr/zapr"
 	"github.com/sirupsen/logrus"
 	"go.uber.org/zap"
+	"k8s.io/klog/v2"
 
 	"github.com/kpr-proxy/kpr/internal/app"
 	"github.com/kpr-proxy/kpr/internal/config"
@@ -68,6 +70,9 @@ func run(args []string) int {
 		return 1
 	}
 	defer func() { _ = log.Sync() }()
+	// client-go reports through klog (watch errors such as "forbidden"
+	// when RBAC is missing): send those through the same structured log.
+	klog.SetLogger(zapr.NewLogger(log.Named("client-go")))
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

@@ -99,6 +99,10 @@ rules:
   - apiGroups: ["networking.k8s.io"]
     resources: ["servicecidrs"]
     verbs: ["list", "watch"]
+  # kube-proxy records Events (kpr does not, so its role has none).
+  - apiGroups: ["", "events.k8s.io"]
+    resources: ["events"]
+    verbs: ["create", "patch", "update"]
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRoleBinding

@@ -147,7 +147,25 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger) error {
 
 	a.watcher.Start(ctx)
 	log.Info("waiting for the informer caches")
-	if err := a.watcher.WaitForSync(ctx); err != nil {
+	waitCtx, waitDone := context.WithCancel(ctx)
+	go func() {
+		// Rules stay as they are while we wait; say why nothing happens.
+		t := time.NewTicker(10 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-waitCtx.Done():
+				return
+			case <-t.C:
+				log.Warn("still waiting for Services, EndpointSlices and the Node from the API server; "+
+					"check the apiserver address and the ClusterRole (list/watch services, endpointslices, nodes)",
+					zap.String("node", a.nodeName))
+			}
+		}
+	}()
+	err = a.watcher.WaitForSync(ctx)
+	waitDone()
+	if err != nil {
 		return fmt.Errorf("waiting for Services and EndpointSlices: %w", err)
 	}
 	if cfg.DetectLocal.Mode == config.LocalModeNodeCIDR {
@@ -394,18 +412,33 @@ func (a *App) healthCheckAddrs() ([]netip.Addr, model.Family) {
 	return out, fam
 }
 
+// serve runs a server until ctx ends. A failure (typically "address in
+// use": during a migration kube-proxy still holds 10256/10249) is retried
+// every bindRetry, as kube-proxy does, unless --bind-address-hard-fail.
 func (a *App) serve(ctx context.Context, wg *gosync.WaitGroup, name string, run func() error) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		if err := run(); err != nil && ctx.Err() == nil {
+		for {
+			err := run()
+			if ctx.Err() != nil {
+				return
+			}
 			if a.cfg.BindAddressHardFail {
 				a.log.Fatal("server failed", zap.String("server", name), zap.Error(err))
 			}
-			a.log.Error("server failed", zap.String("server", name), zap.Error(err))
+			a.log.Warn("server failed; retrying", zap.String("server", name), zap.Error(err), zap.Duration("retry_in", bindRetry))
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(bindRetry):
+			}
 		}
 	}()
 }
+
+// bindRetry is how long a failed health or metrics server waits to retry.
+const bindRetry = 5 * time.Second
 
 type alwaysHealthy struct{}
 
