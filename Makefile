@@ -5,7 +5,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/kpr-proxy/kpr/internal/version.Version=$(VERSION)
 E2E_TIMEOUT ?= 45m
 
-.PHONY: all build deps vet test test-unit test-short e2e e2e-build e2e-upstream e2e-upstream-scenarios demo clean
+.PHONY: all build deps vet test test-unit test-short e2e e2e-build e2e-upstream e2e-upstream-scenarios e2e-ipvs demo clean
 
 all: build
 
@@ -25,8 +25,9 @@ vet:
 # Every test: unit, real-kernel (in throwaway network namespaces; needs root,
 # skipped with a reason otherwise), the end-to-end suite against kpr, and the
 # same scenarios against upstream kube-proxy (proving they test Kubernetes
-# behaviour, not kpr's implementation).
-test: deps vet test-unit e2e e2e-upstream-scenarios
+# behaviour, not kpr's implementation), and the IPVS mode on a real IPVS
+# kernel in a VM.
+test: deps vet test-unit e2e e2e-upstream-scenarios e2e-ipvs
 
 test-unit:
 	$(GO) test -count=1 -timeout 20m ./...
@@ -52,6 +53,12 @@ e2e-upstream: build e2e-build
 # Needs root; the first run builds the control plane (several minutes).
 demo:
 	@hack/demo.sh
+
+# Real IPVS: node1 runs in a qemu guest (TCG) with Debian's 6.1 kernel, since
+# this kernel has no IPVS. The first run downloads Debian packages into
+# e2e/_cache/vm and installs qemu-system-x86 and kmod with apt if missing.
+e2e-ipvs: build e2e-build
+	cd e2e && E2E_VM=1 E2E_PROXY=$${E2E_PROXY:-kpr} $(GO) test -count=1 -timeout 20m ./vm/
 
 e2e-upstream-scenarios: build e2e-build
 	cd e2e && E2E_PROXY=upstream $(GO) test -count=1 -timeout $(E2E_TIMEOUT) ./scenarios/
