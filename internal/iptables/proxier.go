@@ -60,6 +60,9 @@ type Config struct {
 	// SyncPeriod is --iptables-sync-period: a full sync happens at least
 	// this often, which repairs anything changed behind our back.
 	SyncPeriod time.Duration
+	// MaxBatchServices splits large syncs into several restores (see
+	// render.Config.MaxBatchServices); 0 means one restore per sync.
+	MaxBatchServices int
 
 	// LocalAddrs lists the node's local addresses (in the proxy's network
 	// namespace), for --nodeport-addresses CIDRs.
@@ -201,15 +204,20 @@ func (p *Proxier) Sync(ctx context.Context, snap *model.Snapshot, node *model.No
 	}
 
 	p.cfg.Metrics.ObserveRestore(p.cfg.Family, kind, out.Stats.Bytes, out.Stats.Lines)
-	if err := p.cfg.IPT.Restore(ctx, out.Data); err != nil {
+	for i, batch := range out.Batches {
+		err := p.cfg.IPT.Restore(ctx, batch)
+		if err == nil {
+			continue
+		}
 		p.cfg.Metrics.IPTablesRestoreFailed(p.cfg.Family)
 		if !out.Full {
 			p.cfg.Metrics.IPTablesPartialRestoreFailed(p.cfg.Family)
 		}
-		fields := []zap.Field{zap.Error(err), zap.Bool("full_sync", out.Full), zap.Int("lines", out.Stats.Lines)}
+		fields := []zap.Field{zap.Error(err), zap.Bool("full_sync", out.Full), zap.Int("lines", out.Stats.Lines),
+			zap.Int("batch", i+1), zap.Int("batches", len(out.Batches))}
 		var re *ipt.RestoreError
 		if errors.As(err, &re) && re.Line > 0 {
-			fields = append(fields, zap.Int("line", re.Line), zap.Strings("rules", ipt.ContextLines(out.Data, re.Line, 3)))
+			fields = append(fields, zap.Int("line", re.Line), zap.Strings("rules", ipt.ContextLines(batch, re.Line, 3)))
 		}
 		p.log.Error("iptables-restore failed; falling back to a full sync", fields...)
 		// The failed batch may be half applied: forget what we think the
@@ -279,6 +287,7 @@ func (p *Proxier) updateRenderConfig(node *model.Node) {
 		RandomFully:           p.cfg.IPT.HasRandomFully(),
 		LocalhostNodePorts:    p.cfg.LocalhostNodePorts,
 		ConntrackTCPBeLiberal: p.cfg.ConntrackTCPBeLiberal,
+		MaxBatchServices:      p.cfg.MaxBatchServices,
 		LocalDetector:         p.localDetector(node),
 		NodePortAddresses:     p.nodePortAddresses(node),
 	}

@@ -43,6 +43,15 @@ type Config struct {
 	// (its threshold is 1000). 0 means 1000.
 	LargeClusterEndpoints int
 
+	// MaxBatchServices > 0 splits a sync that rewrites more Service ports
+	// than this into several iptables-restore inputs. The nf_tables backend
+	// of iptables-restore is quadratic in the size of one input (a
+	// kube-proxy-shaped batch of 10k Services takes many minutes), while
+	// batches of a few hundred Services take a fraction of a second each
+	// however many rules the table already holds. The legacy backend
+	// replaces the whole table per input, so it wants one batch (0).
+	MaxBatchServices int
+
 	// DispatchLeafMax: at most this many destination IPs share one dispatch
 	// chain before it is split by destination prefix. 0 means the default
 	// (16); tests set it small to exercise the tree.

@@ -47,6 +47,9 @@ func genConfig(s *byteSource, fam model.Family) (*Config, *model.Node) {
 	cfg.LocalhostNodePorts = fam == model.IPv4 && s.bool()
 	cfg.DispatchLeafMax = 1 + s.intn(8)
 	cfg.LargeClusterEndpoints = 1 + s.intn(40)
+	if s.bool() {
+		cfg.MaxBatchServices = 1 + s.intn(4)
+	}
 	switch s.intn(5) {
 	case 0:
 		cfg.LocalDetector = NoLocalDetector()

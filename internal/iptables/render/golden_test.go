@@ -189,6 +189,23 @@ func scenarios() []scenario {
 			"ep default/v6 [2001:db8:10:1::10]:8080 ready local",
 			"ep default/v6 [2001:db8:10:2::10]:8080 ready node=node2")},
 		{name: "dispatch-tree-many-services", cfg: func(c *Config) { c.DispatchLeafMax = 4 }, steps: one(manySvcs...)},
+		{name: "batched-full-sync", cfg: func(c *Config) { c.MaxBatchServices = 2 }, steps: []step{
+			{lines: []string{
+				"svc ns/a TCP 198.19.192.190:80", "ep ns/a 198.18.1.190:8080 ready local",
+				"svc ns/b UDP 198.19.192.191:53", "ep ns/b 198.18.2.191:53 ready node=node2",
+				"svc ns/c TCP 198.19.192.192:80 nodePort=30192", "ep ns/c 198.18.2.192:8080 ready node=node2",
+				"svc ns/d TCP 198.19.192.193:80", "ep ns/d 198.18.1.193:8080 ready local",
+				"svc ns/e TCP 198.19.192.194:80",
+			}},
+			// Few changes: one batch again.
+			{lines: []string{
+				"svc ns/a TCP 198.19.192.190:80", "ep ns/a 198.18.1.190:8080 ready local",
+				"svc ns/b UDP 198.19.192.191:53", "ep ns/b 198.18.2.192:53 ready node=node2",
+				"svc ns/c TCP 198.19.192.192:80 nodePort=30192", "ep ns/c 198.18.2.192:8080 ready node=node2",
+				"svc ns/d TCP 198.19.192.193:80", "ep ns/d 198.18.1.193:8080 ready local",
+				"svc ns/e TCP 198.19.192.194:80",
+			}},
+		}},
 		{name: "large-cluster-drops-endpoint-comments", cfg: func(c *Config) { c.LargeClusterEndpoints = 2 }, steps: one(
 			"svc default/big TCP 198.19.192.140:80",
 			"ep default/big 198.18.1.140:8080 ready local",
@@ -296,7 +313,12 @@ func runScenario(t *testing.T, sc scenario) []byte {
 		}
 		fmt.Fprintf(&out, "# step %d (%s sync): %d lines, %d Service ports rendered, %d chains deleted\n",
 			i+1, kind, res.Stats.Lines, res.Stats.ServicesRendered, res.Stats.ChainsDeleted)
-		out.Write(res.Data)
+		for j, b := range res.Batches {
+			if len(res.Batches) > 1 {
+				fmt.Fprintf(&out, "# batch %d/%d\n", j+1, len(res.Batches))
+			}
+			out.Write(b)
+		}
 		prevSnap, prevState = snap, res.State
 	}
 	return out.Bytes()
@@ -307,8 +329,12 @@ func runScenario(t *testing.T, sc scenario) []byte {
 // outside kpr's prefix is ever declared or deleted.
 func checkInvariants(t *testing.T, res *Result) {
 	t.Helper()
+	if len(res.Batches) == 1 && !bytes.Equal(res.Data, res.Batches[0]) {
+		t.Errorf("Data is not the single batch")
+	}
+	all := bytes.Join(res.Batches, nil)
 	declared := map[string]bool{}
-	for i, line := range strings.Split(string(res.Data), "\n") {
+	for i, line := range strings.Split(string(all), "\n") {
 		f := strings.Fields(line)
 		if len(f) == 0 {
 			continue
@@ -333,10 +359,10 @@ func checkInvariants(t *testing.T, res *Result) {
 			t.Errorf("line %d: unexpected %q", i+1, line)
 		}
 	}
-	if res.Stats.Bytes != len(res.Data) {
-		t.Errorf("Stats.Bytes = %d, len(Data) = %d", res.Stats.Bytes, len(res.Data))
+	if res.Stats.Bytes != len(all) {
+		t.Errorf("Stats.Bytes = %d, batches hold %d", res.Stats.Bytes, len(all))
 	}
-	if n := strings.Count(string(res.Data), "\n"); n != res.Stats.Lines {
+	if n := strings.Count(string(all), "\n"); n != res.Stats.Lines {
 		t.Errorf("Stats.Lines = %d, batch has %d lines", res.Stats.Lines, n)
 	}
 }

@@ -180,19 +180,25 @@ func FuzzRenderAcceptedByKernel(f *testing.F) {
 		nsA, nsB := fuzzPair(t)
 		r := &restorer{ns: nsA, backend: "legacy"}
 		res1 := Render(Input{Snapshot: snap1, Node: node, Config: cfg})
-		if err := r.restore(fam, res1.Data, false); err != nil {
-			t.Fatalf("full batch rejected: %v\n%s", err, res1.Data)
+		for _, b := range res1.Batches {
+			if err := r.restore(fam, b, false); err != nil {
+				t.Fatalf("full batch rejected: %v\n%s", err, b)
+			}
 		}
 		// Usually partial; full when the total endpoint count crossed the
 		// large-cluster threshold (comments change everywhere).
 		res2 := Render(Input{Snapshot: snap2, Node: node, Config: cfg, Prev: res1.State})
-		if err := r.restore(fam, res2.Data, false); err != nil {
-			t.Fatalf("second batch rejected: %v\n--- first:\n%s\n--- second:\n%s", err, res1.Data, res2.Data)
+		for _, b := range res2.Batches {
+			if err := r.restore(fam, b, false); err != nil {
+				t.Fatalf("second sync rejected: %v\n--- first:\n%s\n--- second:\n%s", err, bytes.Join(res1.Batches, nil), b)
+			}
 		}
 		got := r.state(t, fam)
 
 		fresh := &restorer{ns: nsB, backend: "legacy"}
-		full2 := Render(Input{Snapshot: snap2, Node: node, Config: cfg})
+		cfg2 := *cfg
+		cfg2.MaxBatchServices = 0 // the reference: one batch
+		full2 := Render(Input{Snapshot: snap2, Node: node, Config: &cfg2})
 		if err := fresh.restore(fam, full2.Data, false); err != nil {
 			t.Fatalf("full batch rejected: %v\n%s", err, full2.Data)
 		}
@@ -236,17 +242,25 @@ func TestGoldenAcceptedByKernel(t *testing.T) {
 	}
 }
 
-// renderSteps renders a scenario's batches (as runScenario, without the
-// golden formatting).
+// renderSteps renders a scenario's restore inputs in order (as runScenario
+// does, without the golden formatting): one per batch of every step.
 func renderSteps(t *testing.T, sc scenario) [][]byte {
 	t.Helper()
 	var out [][]byte
-	for _, part := range bytes.Split(runScenario(t, sc), []byte("# step ")) {
-		if len(part) == 0 {
+	var cur []byte
+	flush := func() {
+		if len(cur) > 0 {
+			out = append(out, cur)
+		}
+		cur = nil
+	}
+	for _, line := range bytes.SplitAfter(runScenario(t, sc), []byte("\n")) {
+		if bytes.HasPrefix(line, []byte("# ")) { // "# step …" or "# batch …"
+			flush()
 			continue
 		}
-		_, body, _ := bytes.Cut(part, []byte("\n"))
-		out = append(out, body)
+		cur = append(cur, line...)
 	}
+	flush()
 	return out
 }

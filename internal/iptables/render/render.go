@@ -65,8 +65,13 @@ type Stats struct {
 	NoLocalInternal, NoLocalExternal int
 }
 
-// Result is a rendered batch.
+// Result is a rendered sync: one iptables-restore input, or several to be
+// applied in order (Batches).
 type Result struct {
+	// Batches are the iptables-restore inputs, in order. There is one
+	// unless Config.MaxBatchServices split a large sync.
+	Batches [][]byte
+	// Data is the single batch when there is only one (nil otherwise).
 	Data  []byte
 	Full  bool
 	Stats Stats
@@ -133,6 +138,9 @@ func Render(in Input) *Result {
 		natChains.b = make([]byte, 0, (totalEndpoints+len(names)*2)*34)
 	}
 	sr := &serviceRenderer{cfg: cfg, node: node, large: large, chains: &natChains, rules: &natRules}
+	// Where each rendered Service port's chains end in natChains/natRules,
+	// for splitting the batch (see Config.MaxBatchServices).
+	var cuts []batchCut
 	for _, name := range names {
 		if prev != nil && model.SameServicePort(prev.snapshot, snap, name) {
 			st.services[name] = prev.services[name]
@@ -140,6 +148,9 @@ func Render(in Input) *Result {
 		}
 		st.services[name] = sr.render(name, snap.Services[name], snap.Endpoints[name])
 		stats.ServicesRendered++
+		if cfg.MaxBatchServices > 0 {
+			cuts = append(cuts, batchCut{chains: len(natChains.b), rules: len(natRules.b)})
+		}
 	}
 
 	// Generated chains nothing owns any more.
@@ -282,35 +293,80 @@ func Render(in Input) *Result {
 		}
 	}
 
-	// Assemble: every chain line of a table before its rules, deletions
-	// last, so a deleted chain is no longer referenced when it goes.
-	var out lineBuffer
 	parts := []*lineBuffer{&filterChains, &filterRules, &natShared, &natChains, &natSharedRules, &natRules, &natDeletes}
+	for _, p := range parts {
+		stats.Lines += p.lines
+	}
+	stats.Lines += 4
+
+	var batches [][]byte
+	firstChains, firstRules := 0, 0
+	if cfg.MaxBatchServices > 0 && stats.ServicesRendered > cfg.MaxBatchServices {
+		// The Service ports' own chains go first, MaxBatchServices per
+		// batch; nothing refers to new chains until the last batch writes
+		// the shared chains (dispatch tree, NodePorts, filter) and deletes
+		// what is no longer owned. Each batch replaces whole chains in one
+		// commit, so no Service is ever visible half-programmed.
+		var markMasq lineBuffer
+		writeMarkMasq(cfg, &markMasq)
+		for i := cfg.MaxBatchServices - 1; i < len(cuts); i += cfg.MaxBatchServices {
+			end := cuts[i]
+			var b lineBuffer
+			b.b = make([]byte, 0, end.chains-firstChains+end.rules-firstRules+64)
+			b.line("*nat")
+			if len(batches) == 0 {
+				// SEP chains jump to KPR-MARK-MASQ, which must exist.
+				b.chain(ChainMarkMasq)
+			}
+			b.b = append(b.b, natChains.b[firstChains:end.chains]...)
+			if len(batches) == 0 {
+				b.b = append(b.b, markMasq.b...)
+				stats.Lines += 2
+			}
+			b.b = append(b.b, natRules.b[firstRules:end.rules]...)
+			b.line("COMMIT")
+			stats.Lines += 2
+			batches = append(batches, b.b)
+			firstChains, firstRules = end.chains, end.rules
+		}
+	}
+
+	// Assemble (the last batch): every chain line of a table before its
+	// rules, deletions last, so a deleted chain is no longer referenced
+	// when it goes.
+	var out lineBuffer
 	size := 64
 	for _, p := range parts {
 		size += len(p.b)
-		stats.Lines += p.lines
 	}
-	out.b = make([]byte, 0, size)
+	out.b = make([]byte, 0, size-firstChains-firstRules)
 	out.line("*filter")
 	out.b = append(out.b, filterChains.b...)
 	out.b = append(out.b, filterRules.b...)
 	out.line("COMMIT")
 	out.line("*nat")
 	out.b = append(out.b, natShared.b...)
-	out.b = append(out.b, natChains.b...)
+	out.b = append(out.b, natChains.b[firstChains:]...)
 	out.b = append(out.b, natSharedRules.b...)
-	out.b = append(out.b, natRules.b...)
+	out.b = append(out.b, natRules.b[firstRules:]...)
 	out.b = append(out.b, natDeletes.b...)
 	out.line("COMMIT")
+	batches = append(batches, out.b)
+	for _, b := range batches {
+		stats.Bytes += len(b)
+	}
 
 	stats.ChainsWritten = filterChains.lines + natShared.lines + natChains.lines - stats.ChainsDeleted
 	stats.NATRulesWritten = natSharedRules.lines + natRules.lines
 	stats.FilterRulesWritten = filterRules.lines
-	stats.Lines += 4
-	stats.Bytes = len(out.b)
-	return &Result{Data: out.b, Full: prev == nil, Stats: stats, State: st}
+	res := &Result{Batches: batches, Full: prev == nil, Stats: stats, State: st}
+	if len(batches) == 1 {
+		res.Data = batches[0]
+	}
+	return res
 }
+
+type batchCut struct{ chains, rules int }
 
 // writeNodePortJumps ends KPR-SERVICES with the jump to KPR-NODEPORTS.
 func writeNodePortJumps(w *lineBuffer, cfg *Config) {
@@ -350,7 +406,7 @@ func writeStaticRules(cfg *Config, postrouting, markMasq, forward, localnet *lin
 	}
 	postrouting.end()
 
-	markMasq.line("-A", ChainMarkMasq, "-j", "MARK", "--or-mark", mark)
+	writeMarkMasq(cfg, markMasq)
 
 	if !cfg.ConntrackTCPBeLiberal {
 		// A packet conntrack calls INVALID (e.g. out of window) would
@@ -374,6 +430,10 @@ func writeStaticRules(cfg *Config, postrouting, markMasq, forward, localnet *lin
 			"-d", "127.0.0.0/8", "!", "-s", "127.0.0.0/8",
 			"-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED,DNAT", "-j", "DROP")
 	}
+}
+
+func writeMarkMasq(cfg *Config, w *lineBuffer) {
+	w.line("-A", ChainMarkMasq, "-j", "MARK", "--or-mark", cfg.MasqueradeMark())
 }
 
 func countLines(b []byte) int {
