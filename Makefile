@@ -5,7 +5,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/kpr-proxy/kpr/internal/version.Version=$(VERSION)
 E2E_TIMEOUT ?= 45m
 
-.PHONY: all build deps vet test test-unit test-short e2e e2e-build e2e-upstream e2e-upstream-scenarios e2e-ipvs demo clean
+.PHONY: all build deps vet test test-unit test-short e2e e2e-build e2e-upstream e2e-upstream-scenarios e2e-ipvs bench demo clean
 
 all: build
 
@@ -62,6 +62,15 @@ e2e-ipvs: build e2e-build
 
 e2e-upstream-scenarios: build e2e-build
 	cd e2e && E2E_PROXY=upstream $(GO) test -count=1 -timeout $(E2E_TIMEOUT) ./scenarios/
+
+# kpr against upstream kube-proxy v1.37, side by side on a real apiserver:
+# cold sync, one-change latency, CPU, RSS, restore sizes, first-packet
+# latency, for N Services (BENCH_N, default 1000,10000) on both iptables
+# backends. Writes e2e/_cache/bench/<time>/ and copies it to docs/bench/.
+# Knobs: e2e/bench/README.md. Not part of `make test` (it takes ~30 min).
+BENCH_TIMEOUT ?= 240m
+bench: deps build e2e-build
+	cd e2e && KPR_BENCH=1 $(GO) test -count=1 -timeout $(BENCH_TIMEOUT) -run '^TestBench$$' -v ./bench/
 
 clean:
 	rm -rf $(BIN)

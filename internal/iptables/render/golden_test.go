@@ -81,6 +81,14 @@ func scenarios() []scenario {
 			"ep kube-system/dns:dns 198.18.1.5:53 ready local",
 			"ep kube-system/dns:dns 198.18.2.5:53 ready node=node2",
 			"ep kube-system/dns:dns 198.18.2.6:53 ready node=node2")},
+		// An endpoint chain (hairpin mark + DNAT) only for the endpoint on
+		// this node and the one whose node is unknown; the endpoint on
+		// node2 is DNATed from the Service chain.
+		{name: "endpoint-chains-only-where-hairpin-is-possible", steps: one(
+			"svc default/web TCP 198.19.192.12:80",
+			"ep default/web 198.18.1.12:8080 ready local",
+			"ep default/web 198.18.2.12:8080 ready node=node2",
+			"ep default/web 192.0.2.200:8080 ready")},
 		{name: "clusterip-sctp", steps: one(
 			"svc telco/sig SCTP 198.19.192.30:3868",
 			"ep telco/sig 198.18.2.30:3868 ready node=node2")},

@@ -7,7 +7,9 @@
 //	nat    PREROUTING/OUTPUT → KPR-SERVICES → [KPR-DST-* dispatch tree] →
 //	       KPR-SVC-* (Cluster policy) / KPR-SVL-* (Local policy) /
 //	       KPR-EXT-* (external destinations) / KPR-FW-* (LB source ranges)
-//	       → KPR-SEP-* (DNAT to one endpoint);
+//	       → DNAT to an endpoint on another node, or → KPR-SEP-* (hairpin
+//	       masquerade mark + DNAT) for an endpoint that may be on this
+//	       node, and for every endpoint of a Service with session affinity;
 //	       KPR-SERVICES' last rule → KPR-NODEPORTS; POSTROUTING →
 //	       KPR-POSTROUTING (MASQUERADE marked packets); KPR-MARK-MASQ.
 //	filter KPR-SERVICES (REJECT/DROP cluster IPs without endpoints),
