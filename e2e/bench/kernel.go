@@ -72,6 +72,12 @@ func CheckNAT(save []byte, want []netip.Addr, port int) NATCheck {
 			seen[ip] = true
 		}
 	}
+	c.count(seen, want)
+	return c
+}
+
+// count fills Found and the first few Missing from the destinations seen.
+func (c *NATCheck) count(seen map[netip.Addr]bool, want []netip.Addr) {
 	for _, ip := range want {
 		if seen[ip] {
 			c.Found++
@@ -79,7 +85,6 @@ func CheckNAT(save []byte, want []netip.Addr, port int) NATCheck {
 			c.Missing = append(c.Missing, ip.String())
 		}
 	}
-	return c
 }
 
 func jumpsToServiceChain(line string) bool {
@@ -402,13 +407,7 @@ func checkIPVSText(text []byte, want []netip.Addr, port int) NATCheck {
 		}
 		seen[netip.AddrFrom4(b)] = true
 	}
-	for _, ip := range want {
-		if seen[ip] {
-			c.Found++
-		} else if len(c.Missing) < 3 {
-			c.Missing = append(c.Missing, ip.String())
-		}
-	}
+	c.count(seen, want)
 	return c
 }
 

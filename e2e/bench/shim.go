@@ -12,39 +12,13 @@ import (
 	"runtime"
 	"strings"
 	"time"
+
+	"github.com/kpr-proxy/kpr/e2e/bench/shimlog"
 )
 
-// ShimEntry is one iptables-restore run as the restore shim logged it
-// (restoreshim.Entry). Running entries mark a restore's start; the finished
-// one follows.
-type ShimEntry struct {
-	Running bool     `json:"running,omitempty"`
-	Name    string   `json:"name"`
-	V6      bool     `json:"v6"`
-	Args    []string `json:"args"`
-	Bytes   int      `json:"bytes"`
-	Lines   int      `json:"lines"`
-	Start   int64    `json:"start_unix_nano"`
-	End     int64    `json:"end_unix_nano"`
-	Exit    int      `json:"exit"`
-}
-
-// StartTime and EndTime are the entry's times.
-func (e ShimEntry) StartTime() time.Time { return time.Unix(0, e.Start) }
-func (e ShimEntry) EndTime() time.Time   { return time.Unix(0, e.End) }
-
-// Duration is how long the real iptables-restore ran (plus reading stdin).
-func (e ShimEntry) Duration() time.Duration { return time.Duration(e.End - e.Start) }
-
-// IsTest says the run was `iptables-restore --test` (parsed, not applied).
-func (e ShimEntry) IsTest() bool {
-	for _, a := range e.Args {
-		if a == "--test" || a == "-t" {
-			return true
-		}
-	}
-	return false
-}
+// ShimEntry is one iptables-restore run as the restore shim logged it.
+// Running entries mark a restore's start; the finished one follows.
+type ShimEntry = shimlog.Entry
 
 // ParseShimLog parses the shim's JSON lines and returns the finished
 // restores. A torn last line (the proxy killed mid-write) is skipped; any

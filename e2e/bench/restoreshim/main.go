@@ -26,22 +26,9 @@ import (
 	"strings"
 	"syscall"
 	"time"
-)
 
-// Entry is one line of the shim log. The bench parses the same struct
-// (bench.ShimEntry mirrors it). A restore writes two: Running true when it
-// starts (so a restore that takes minutes shows up), then the full one.
-type Entry struct {
-	Running bool     `json:"running,omitempty"`
-	Name    string   `json:"name"`
-	V6      bool     `json:"v6"`
-	Args    []string `json:"args"`
-	Bytes   int      `json:"bytes"`
-	Lines   int      `json:"lines"`
-	Start   int64    `json:"start_unix_nano"`
-	End     int64    `json:"end_unix_nano"`
-	Exit    int      `json:"exit"`
-}
+	"github.com/kpr-proxy/kpr/e2e/bench/shimlog"
+)
 
 func main() {
 	os.Exit(run())
@@ -65,7 +52,7 @@ func run() int {
 		fmt.Fprintf(os.Stderr, "%s (kpr bench shim): reading stdin: %v\n", name, err)
 		return 2
 	}
-	logEntry(Entry{Running: true, Name: name, V6: v6, Args: os.Args[1:], Bytes: len(in), Lines: countLines(in), Start: start.UnixNano(), Exit: -1})
+	logEntry(shimlog.Entry{Running: true, Name: name, V6: v6, Args: os.Args[1:], Bytes: len(in), Lines: countLines(in), Start: start.UnixNano(), Exit: -1})
 	// argv[0] stays the real path: xtables-*-multi picks its personality
 	// from the name it was called by.
 	cmd := exec.Command(real, os.Args[1:]...)
@@ -87,7 +74,7 @@ func run() int {
 			code = 2
 		}
 	}
-	logEntry(Entry{
+	logEntry(shimlog.Entry{
 		Name:  name,
 		V6:    v6,
 		Args:  os.Args[1:],
@@ -110,7 +97,7 @@ func countLines(b []byte) int {
 	return n
 }
 
-func logEntry(e Entry) {
+func logEntry(e shimlog.Entry) {
 	path := os.Getenv("KPR_BENCH_SHIM_LOG")
 	if path == "" {
 		return
