@@ -67,7 +67,7 @@ e2e-upstream-scenarios: build e2e-build
 # cold sync, one-change latency, CPU, RSS, restore sizes, first-packet
 # latency, for N Services (BENCH_N, default 1000,10000) on both iptables
 # backends. Writes e2e/_cache/bench/<time>/ and copies it to docs/bench/.
-# Knobs: e2e/bench/README.md. Not part of `make test` (it takes ~30 min).
+# Knobs: e2e/bench/README.md. Not part of `make test` (~16 min at 1k+10k).
 BENCH_TIMEOUT ?= 240m
 bench: deps build e2e-build
 	cd e2e && KPR_BENCH=1 $(GO) test -count=1 -timeout $(BENCH_TIMEOUT) -run '^TestBench$$' -v ./bench/
