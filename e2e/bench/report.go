@@ -274,8 +274,8 @@ func (rep *Report) Markdown() string {
 	if len(ipt) > 0 {
 		fmt.Fprintf(&b, "iptables: %s.\n\n", strings.Join(ipt, "; "))
 	}
-	fmt.Fprintf(&b, "Workload: selector-less ClusterIP Services with one TCP port and a hand-made EndpointSlice of %d dummy endpoints each (addresses that never see traffic), plus one Service whose single endpoint is a real echo pod. Both proxies run, one after the other, in the same node namespace against the same apiserver with the same flags (`framework.StandardProxyArgs`: `--proxy-mode=iptables --cluster-cidr=… --conntrack-max-per-core=0 --v=2`, defaults otherwise, so `--iptables-min-sync-period=1s`), plus `--iptables-backend` for kpr; upstream gets the same backend from the `iptables*` on its PATH.\n\n",
-		rep.Config.EndpointsPerService)
+	fmt.Fprintf(&b, "Workload: selector-less ClusterIP Services with one TCP port and a hand-made EndpointSlice of %d dummy endpoints each (addresses that never see traffic; `nodeName` spread over %d fictitious nodes, none of them the node under test, as in a large cluster), plus one Service whose single endpoint is a real echo pod. Both proxies run, one after the other, in the same node namespace against the same apiserver with the same flags (`framework.StandardProxyArgs`: `--proxy-mode=iptables --cluster-cidr=… --conntrack-max-per-core=0 --v=2`, defaults otherwise, so `--iptables-min-sync-period=1s`), plus `--iptables-backend` for kpr; upstream gets the same backend from the `iptables*` on its PATH.\n\n",
+		rep.Config.EndpointsPerService, BenchNodes)
 	for _, s := range rep.Skipped {
 		fmt.Fprintf(&b, "**Skipped:** %s\n\n", s)
 	}
