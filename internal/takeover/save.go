@@ -5,6 +5,8 @@ import (
 	"bytes"
 	"fmt"
 	"strings"
+
+	"github.com/kpr-proxy/kpr/internal/iptables/ipt"
 )
 
 // savedTable is one table of iptables-save output.
@@ -98,7 +100,7 @@ func parseRule(line string) (savedRule, error) {
 		return savedRule{}, fmt.Errorf("rule without a chain: %q", line)
 	}
 	r := savedRule{chain: chain, spec: strings.TrimSpace(spec)}
-	toks := tokenize(r.spec)
+	toks := ipt.Tokenize(r.spec)
 	for i := 0; i+1 < len(toks); i++ {
 		switch toks[i] {
 		case "-j", "--jump", "-g", "--goto":
@@ -108,40 +110,4 @@ func parseRule(line string) (savedRule, error) {
 		}
 	}
 	return r, nil
-}
-
-// tokenize splits a rule spec the way iptables-restore does: on blanks,
-// with double-quoted strings as one token in which a backslash escapes the
-// next character.
-func tokenize(s string) []string {
-	var (
-		toks    []string
-		cur     strings.Builder
-		inTok   bool
-		inQuote bool
-	)
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case inQuote && c == '\\' && i+1 < len(s):
-			i++
-			cur.WriteByte(s[i])
-		case c == '"':
-			inQuote = !inQuote
-			inTok = true
-		case !inQuote && (c == ' ' || c == '\t'):
-			if inTok {
-				toks = append(toks, cur.String())
-				cur.Reset()
-				inTok = false
-			}
-		default:
-			cur.WriteByte(c)
-			inTok = true
-		}
-	}
-	if inTok {
-		toks = append(toks, cur.String())
-	}
-	return toks
 }

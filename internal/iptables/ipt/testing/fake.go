@@ -437,7 +437,7 @@ func (f *FakeIPTables) applyRestore(data []byte, test bool) error {
 				return lineError(n, "line %d failed: %v", n, err)
 			}
 		default:
-			if err := work.command(tname, tokenize(line)); err != nil {
+			if err := work.command(tname, ipt.Tokenize(line)); err != nil {
 				return lineError(n, "line %d failed: %v", n, err)
 			}
 		}
@@ -875,42 +875,4 @@ func ruleText(toks []string) string {
 		b.WriteByte('"')
 	}
 	return b.String()
-}
-
-// tokenize splits a restore line like iptables-restore does: on blanks,
-// with double-quoted strings as one token in which a backslash escapes the
-// next character.
-func tokenize(line string) []string {
-	var (
-		toks    []string
-		cur     strings.Builder
-		inTok   bool
-		inQuote bool
-	)
-	for i := 0; i < len(line); i++ {
-		c := line[i]
-		switch {
-		case inQuote && c == '\\' && i+1 < len(line):
-			i++
-			cur.WriteByte(line[i])
-		case c == '"':
-			inQuote = !inQuote
-			inTok = true
-		case !inQuote && (c == ' ' || c == '\t'):
-			if inTok {
-				toks = append(toks, cur.String())
-				cur.Reset()
-				inTok = false
-			}
-		default:
-			cur.WriteByte(c)
-			inTok = true
-		}
-	}
-	// An unterminated quote runs to the end of the line, as in the real
-	// parser (which accepts it).
-	if inTok {
-		toks = append(toks, cur.String())
-	}
-	return toks
 }
