@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
-	"strings"
 
 	"go.uber.org/zap"
 
@@ -31,36 +29,16 @@ func Cleanup(ctx context.Context, iface ipt.Interface, log *zap.Logger) error {
 		}
 	}
 	for _, table := range []ipt.Table{ipt.TableFilter, ipt.TableNAT, ipt.TableMangle} {
-		chains, err := iface.ListChains(ctx, table)
+		n, err := ipt.RemoveChains(ctx, iface, table, render.IsOurs)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("listing %s chains: %w", table, err))
+			errs = append(errs, err)
 			continue
 		}
-		var ours []string
-		for _, c := range chains {
-			if strings.HasPrefix(c, render.Prefix) {
-				ours = append(ours, c)
-			}
-		}
-		if len(ours) == 0 {
-			continue
-		}
-		sort.Strings(ours)
-		var b strings.Builder
-		fmt.Fprintf(&b, "*%s\n", table)
-		for _, c := range ours {
-			fmt.Fprintf(&b, ":%s - [0:0]\n", c)
-		}
-		for _, c := range ours {
-			fmt.Fprintf(&b, "-X %s\n", c)
-		}
-		b.WriteString("COMMIT\n")
-		if err := iface.Restore(ctx, []byte(b.String())); err != nil {
-			errs = append(errs, fmt.Errorf("removing %s chains: %w", table, err))
+		if n == 0 {
 			continue
 		}
 		log.Info("removed kpr chains", zap.String("ip_family", iface.Family().String()),
-			zap.String("backend", string(iface.Backend())), zap.String("table", string(table)), zap.Int("chains", len(ours)))
+			zap.String("backend", string(iface.Backend())), zap.String("table", string(table)), zap.Int("chains", n))
 	}
 	return errors.Join(errs...)
 }

@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"slices"
 	"sort"
-	"strings"
 
 	"go.uber.org/zap"
 
@@ -130,38 +129,16 @@ func cleanupRules(ctx context.Context, iface ipt.Interface, log *zap.Logger) []e
 		}
 	}
 	for _, table := range []ipt.Table{ipt.TableFilter, ipt.TableNAT} {
-		chains, err := iface.ListChains(ctx, table)
+		n, err := ipt.RemoveChains(ctx, iface, table, desired.IsOurChain)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("listing %s chains: %w", table, err))
+			errs = append(errs, err)
 			continue
 		}
-		var ours []string
-		for _, ch := range chains {
-			if desired.IsOurChain(ch) {
-				ours = append(ours, ch)
-			}
-		}
-		if len(ours) == 0 {
-			continue
-		}
-		sort.Strings(ours)
-		// Flush all, then delete all, in one batch: no packet sees a
-		// half-removed chain, and references between ours are gone first.
-		var b strings.Builder
-		fmt.Fprintf(&b, "*%s\n", table)
-		for _, ch := range ours {
-			fmt.Fprintf(&b, ":%s - [0:0]\n", ch)
-		}
-		for _, ch := range ours {
-			fmt.Fprintf(&b, "-X %s\n", ch)
-		}
-		b.WriteString("COMMIT\n")
-		if err := iface.Restore(ctx, []byte(b.String())); err != nil {
-			errs = append(errs, fmt.Errorf("removing %s chains: %w", table, err))
+		if n == 0 {
 			continue
 		}
 		log.Info("removed kpr IPVS-mode chains", zap.String("ip_family", iface.Family().String()),
-			zap.String("backend", string(iface.Backend())), zap.String("table", string(table)), zap.Int("chains", len(ours)))
+			zap.String("backend", string(iface.Backend())), zap.String("table", string(table)), zap.Int("chains", n))
 	}
 	return errs
 }
