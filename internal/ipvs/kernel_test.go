@@ -7,9 +7,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
-	"os/exec"
-	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -32,48 +29,7 @@ import (
 // backends, both families), ip sets and addresses — read-only dumps — are
 // the same before and after the run.
 func TestMain(m *testing.M) {
-	root := os.Geteuid() == 0
-	var before string
-	if root {
-		before = rootState()
-	}
-	code := m.Run()
-	if root {
-		if after := rootState(); after != before {
-			fmt.Fprintf(os.Stderr, "ROOT NAMESPACE STATE CHANGED DURING TESTS\nbefore:\n%s\nafter:\n%s\n", before, after)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
-
-var counters = regexp.MustCompile(`\[\d+:\d+\]`)
-
-// normalizeSave drops iptables-save's comment lines (they carry a
-// timestamp) and zeroes counters.
-func normalizeSave(s string) string {
-	var keep []string
-	for _, l := range strings.Split(s, "\n") {
-		if !strings.HasPrefix(l, "#") {
-			keep = append(keep, counters.ReplaceAllString(l, "[0:0]"))
-		}
-	}
-	return strings.Join(keep, "\n")
-}
-
-func rootState() string {
-	var b strings.Builder
-	for _, argv := range [][]string{
-		{"iptables-legacy-save"}, {"ip6tables-legacy-save"}, {"iptables-nft-save"}, {"ip6tables-nft-save"},
-		{"ipset", "list", "-n"}, {"ip", "-o", "addr", "show"},
-	} {
-		if _, err := exec.LookPath(argv[0]); err != nil {
-			continue
-		}
-		out, err := exec.Command(argv[0], argv[1:]...).Output()
-		fmt.Fprintf(&b, "== %s (err=%v)\n%s\n", argv[0], err, normalizeSave(string(out)))
-	}
-	return b.String()
+	netns.GuardRoot(m, append(netns.IptablesSaves, netns.IPSetNames, netns.Addresses)...)
 }
 
 // xtIPVS reports whether iptables' ipvs match works in the namespace (it
@@ -230,7 +186,7 @@ func kernelRun(t *testing.T, fam model.Family, backend ipt.Backend, tool string)
 	if res := sync(); !res.Full || res.Changes.Total() != 1 || !res.Changes.RulesRestored {
 		t.Fatalf("forced full sync: %+v", res)
 	}
-	if after := n.MustExec(tool + "-save"); normalizeSave(after) != normalizeSave(save) {
+	if after := n.MustExec(tool + "-save"); netns.NormalizeSave([]byte(after)) != netns.NormalizeSave([]byte(save)) {
 		t.Errorf("rules changed by a full sync of the same state")
 	}
 

@@ -3,11 +3,8 @@ package takeover_test
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
-	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -25,52 +22,10 @@ import (
 // own namespaces, so the root namespace's iptables (both backends, both
 // families), ipsets and nftables must be the same before and after.
 func TestMain(m *testing.M) {
-	var before string
-	if os.Geteuid() == 0 {
-		before = rootSnapshot()
-	}
-	code := m.Run()
-	if os.Geteuid() == 0 {
-		if after := rootSnapshot(); after != before {
-			fmt.Fprintf(os.Stderr, "ROOT NAMESPACE STATE CHANGED DURING TESTS\nbefore:\n%s\nafter:\n%s\n", before, after)
-			code = 1
-		}
-	}
-	os.Exit(code)
+	netns.GuardRoot(m, append(netns.IptablesSaves, netns.IPSetNames, netns.NFTTables)...)
 }
 
-var countersRe = regexp.MustCompile(`\[\d+:\d+\]`)
-
-// normalizeSave drops comment lines and zeroes counters.
-func normalizeSave(out []byte) string {
-	var b strings.Builder
-	for _, line := range strings.Split(string(out), "\n") {
-		line = strings.TrimRight(line, " \r")
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		b.WriteString(countersRe.ReplaceAllString(line, "[0:0]"))
-		b.WriteByte('\n')
-	}
-	return b.String()
-}
-
-// rootSnapshot reads (only reads) the root namespace's state. Full saves
-// only: `iptables-legacy-save -t X` would create table X.
-func rootSnapshot() string {
-	var b strings.Builder
-	for _, argv := range [][]string{
-		{"iptables-legacy-save"}, {"ip6tables-legacy-save"}, {"iptables-nft-save"}, {"ip6tables-nft-save"},
-		{"ipset", "list", "-n"}, {"nft", "list", "tables"},
-	} {
-		if _, err := exec.LookPath(argv[0]); err != nil {
-			continue
-		}
-		out, err := exec.Command(argv[0], argv[1:]...).Output()
-		fmt.Fprintf(&b, "== %s (err=%v)\n%s", strings.Join(argv, " "), err, normalizeSave(out))
-	}
-	return b.String()
-}
+func normalizeSave(out []byte) string { return netns.NormalizeSave(out) }
 
 func requireBackend(t *testing.T, f model.Family, b ipt.Backend) {
 	t.Helper()

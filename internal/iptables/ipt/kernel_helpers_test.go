@@ -3,10 +3,6 @@ package ipt_test
 import (
 	"bytes"
 	"context"
-	"fmt"
-	"os"
-	"os/exec"
-	"regexp"
 	"strings"
 	"testing"
 
@@ -25,51 +21,14 @@ var (
 // TestMain guards the house rule: every kernel test works inside its own
 // namespace, so the root namespace's rule sets (both backends, both
 // families; read-only dumps) must be identical before and after the run.
-func TestMain(m *testing.M) {
-	var before string
-	if os.Geteuid() == 0 {
-		before = rootSnapshot()
-	}
-	code := m.Run()
-	if os.Geteuid() == 0 {
-		if after := rootSnapshot(); after != before {
-			fmt.Fprintf(os.Stderr, "ROOT NAMESPACE iptables STATE CHANGED DURING TESTS\nbefore:\n%s\nafter:\n%s\n", before, after)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
-
-// rootSnapshot dumps the root namespace's rules. Only full saves are used:
-// `iptables-legacy-save -t X` would instantiate table X.
-func rootSnapshot() string {
-	var b strings.Builder
-	for _, bin := range []string{"iptables-legacy-save", "ip6tables-legacy-save", "iptables-nft-save", "ip6tables-nft-save"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			continue
-		}
-		out, err := exec.Command(bin).Output()
-		fmt.Fprintf(&b, "== %s (err=%v)\n%s", bin, err, normalizeSave(out))
-	}
-	return b.String()
-}
-
-var countersRe = regexp.MustCompile(`\[\d+:\d+\]`)
+func TestMain(m *testing.M) { netns.GuardRoot(m, netns.IptablesSaves...) }
 
 // normalizeSave drops comment lines and zeroes counters, leaving what the
 // fake prints.
-func normalizeSave(out []byte) string {
-	var b strings.Builder
-	for _, line := range strings.Split(string(out), "\n") {
-		line = strings.TrimRight(line, " \r")
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		b.WriteString(countersRe.ReplaceAllString(line, "[0:0]"))
-		b.WriteByte('\n')
-	}
-	return b.String()
-}
+func normalizeSave(out []byte) string { return netns.NormalizeSave(out) }
+
+// rootSnapshot dumps the root namespace's rules (read-only).
+func rootSnapshot() string { return netns.RootState(netns.IptablesSaves...) }
 
 // nsIface runs every method of an ipt.Interface on a thread inside a test
 // namespace, so that the iptables binaries it execs run there too. Tests only

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"os/exec"
 	"sort"
 	"strings"
 	"testing"
@@ -18,23 +16,7 @@ import (
 
 // TestMain guards the house rule: the root namespace's ip sets (read-only
 // listing) are the same before and after the run.
-func TestMain(m *testing.M) {
-	list := func() string {
-		out, err := exec.Command("ipset", "list", "-n").CombinedOutput()
-		return fmt.Sprintf("%s %v", out, err)
-	}
-	var before string
-	root := os.Geteuid() == 0
-	if root {
-		before = list()
-	}
-	code := m.Run()
-	if root && list() != before {
-		fmt.Fprintln(os.Stderr, "ROOT NAMESPACE ip sets CHANGED DURING TESTS")
-		code = 1
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { netns.GuardRoot(m, netns.IPSetNames) }
 
 // nsRunner runs the real Runner inside a test namespace.
 type nsRunner struct {

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
 	"strings"
 	"testing"
 
@@ -18,23 +17,7 @@ import (
 
 // TestMain guards the house rule: the root namespace's links and addresses
 // (read-only listing) are the same before and after the run.
-func TestMain(m *testing.M) {
-	list := func() string {
-		out, err := exec.Command("ip", "-o", "addr", "show").CombinedOutput()
-		return fmt.Sprintf("%s %v", out, err)
-	}
-	root := os.Geteuid() == 0
-	var before string
-	if root {
-		before = list()
-	}
-	code := m.Run()
-	if root && list() != before {
-		fmt.Fprintln(os.Stderr, "ROOT NAMESPACE addresses CHANGED DURING TESTS")
-		code = 1
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { netns.GuardRoot(m, netns.Addresses) }
 
 func in(t *testing.T, n *netns.NS, fn func() error) {
 	t.Helper()
