@@ -28,7 +28,7 @@ func (c *Cluster) ApplyFile(t testing.TB, path string) []*unstructured.Unstructu
 	if err != nil {
 		t.Fatal(err)
 	}
-	objs, err := c.apply(context.Background(), b)
+	objs, err := c.apply(context.Background(), b, false)
 	if err != nil {
 		t.Fatalf("applying %s: %v", path, err)
 	}
@@ -38,23 +38,31 @@ func (c *Cluster) ApplyFile(t testing.TB, path string) []*unstructured.Unstructu
 // ApplyYAML is ApplyFile for in-memory manifests.
 func (c *Cluster) ApplyYAML(t testing.TB, manifest []byte) []*unstructured.Unstructured {
 	t.Helper()
-	objs, err := c.apply(context.Background(), manifest)
+	objs, err := c.apply(context.Background(), manifest, false)
 	if err != nil {
 		t.Fatalf("applying manifest: %v", err)
 	}
 	return objs
 }
 
-func (c *Cluster) apply(ctx context.Context, manifest []byte) ([]*unstructured.Unstructured, error) {
-	disc, err := discovery.NewDiscoveryClientForConfig(c.RESTConfig)
+// ApplyYAMLDryRun server-side-applies every object of a (multi-document)
+// manifest with dryRun=All: the apiserver decodes, defaults, validates and
+// admits each object exactly as for a real apply, and stores nothing. It
+// returns the objects as the apiserver would have stored them. Use it for
+// objects that cannot take effect here (a DaemonSet has no kubelet to run
+// it). Namespaces a namespaced object names must exist.
+func (c *Cluster) ApplyYAMLDryRun(t testing.TB, manifest []byte) []*unstructured.Unstructured {
+	t.Helper()
+	objs, err := c.apply(context.Background(), manifest, true)
 	if err != nil {
-		return nil, err
+		t.Fatalf("server-side dry-run apply: %v", err)
 	}
-	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(disc))
-	dyn, err := dynamic.NewForConfig(c.RESTConfig)
-	if err != nil {
-		return nil, err
-	}
+	return objs
+}
+
+// DecodeManifest splits a (multi-document) YAML or JSON manifest into
+// objects, skipping empty documents.
+func DecodeManifest(manifest []byte) ([]*unstructured.Unstructured, error) {
 	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(manifest), 4096)
 	var out []*unstructured.Unstructured
 	for i := 0; ; i++ {
@@ -72,9 +80,37 @@ func (c *Cluster) apply(ctx context.Context, manifest []byte) ([]*unstructured.U
 		if gvk.Kind == "" || gvk.Version == "" {
 			return out, fmt.Errorf("document %d: missing apiVersion or kind", i)
 		}
+		out = append(out, obj)
+	}
+}
+
+// apply server-side-applies every object of manifest, in order. A real apply
+// creates the namespaces that namespaced objects name; a dry run (nothing
+// stored) needs them to exist.
+func (c *Cluster) apply(ctx context.Context, manifest []byte, dryRun bool) ([]*unstructured.Unstructured, error) {
+	objs, err := DecodeManifest(manifest)
+	if err != nil {
+		return nil, err
+	}
+	disc, err := discovery.NewDiscoveryClientForConfig(c.RESTConfig)
+	if err != nil {
+		return nil, err
+	}
+	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(disc))
+	dyn, err := dynamic.NewForConfig(c.RESTConfig)
+	if err != nil {
+		return nil, err
+	}
+	opts := metav1.ApplyOptions{FieldManager: "kpr-e2e", Force: true}
+	if dryRun {
+		opts.DryRun = []string{metav1.DryRunAll}
+	}
+	var out []*unstructured.Unstructured
+	for _, obj := range objs {
+		gvk := obj.GroupVersionKind()
 		m, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
 		if err != nil {
-			return out, fmt.Errorf("document %d (%s): %w", i, gvk, err)
+			return out, fmt.Errorf("%s %s: %w", gvk.Kind, obj.GetName(), err)
 		}
 		var ri dynamic.ResourceInterface = dyn.Resource(m.Resource)
 		if m.Scope.Name() == meta.RESTScopeNameNamespace {
@@ -83,15 +119,18 @@ func (c *Cluster) apply(ctx context.Context, manifest []byte) ([]*unstructured.U
 				ns = metav1.NamespaceDefault
 				obj.SetNamespace(ns)
 			}
-			if err := c.ensureNamespace(ctx, ns); err != nil {
-				return out, err
+			if !dryRun {
+				if err := c.ensureNamespace(ctx, ns); err != nil {
+					return out, err
+				}
 			}
 			ri = dyn.Resource(m.Resource).Namespace(ns)
 		}
-		applied, err := ri.Apply(ctx, obj.GetName(), obj, metav1.ApplyOptions{FieldManager: "kpr-e2e", Force: true})
+		applied, err := ri.Apply(ctx, obj.GetName(), obj, opts)
 		if err != nil {
-			return out, fmt.Errorf("document %d (%s %s): %w", i, gvk.Kind, obj.GetName(), err)
+			return out, fmt.Errorf("%s %s: %w", gvk.Kind, obj.GetName(), err)
 		}
 		out = append(out, applied)
 	}
+	return out, nil
 }

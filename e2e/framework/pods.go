@@ -115,58 +115,11 @@ func (c *Cluster) CreatePod(t testing.TB, spec PodSpec) *Pod {
 }
 
 func (c *Cluster) createPod(ctx context.Context, spec PodSpec) (_ *Pod, err error) {
-	if spec.Name == "" {
-		return nil, fmt.Errorf("PodSpec.Name is required")
-	}
-	if spec.Namespace == "" {
-		spec.Namespace = metav1.NamespaceDefault
-	}
-	if spec.Node < 0 || spec.Node >= len(c.nodes) {
-		return nil, fmt.Errorf("PodSpec.Node=%d, cluster has %d nodes (0-based)", spec.Node, len(c.nodes))
-	}
-	key := spec.Namespace + "/" + spec.Name
-	c.mu.Lock()
-	_, dup := c.pods[key]
-	c.mu.Unlock()
-	if dup {
-		return nil, fmt.Errorf("pod %s already exists in the harness", key)
-	}
-	node := c.nodes[spec.Node]
-	if err := c.ensureNamespace(ctx, spec.Namespace); err != nil {
+	created, node, err := c.createPodObject(ctx, &spec)
+	if err != nil {
 		return nil, err
 	}
-	if c.opts.NoControllerManager {
-		// Pod admission wants the namespace's "default" ServiceAccount,
-		// which the (absent) ServiceAccount controller would make.
-		sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default", Namespace: spec.Namespace}}
-		if _, err := c.Client.CoreV1().ServiceAccounts(spec.Namespace).Create(ctx, sa, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-			return nil, err
-		}
-	}
-	obj := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: spec.Name, Namespace: spec.Namespace, Labels: spec.Labels},
-		Spec: corev1.PodSpec{
-			NodeName:                      node.Name,
-			AutomountServiceAccountToken:  ptr.To(false),
-			TerminationGracePeriodSeconds: ptr.To[int64](30),
-			Containers: []corev1.Container{{
-				Name:  "echo",
-				Image: "kpr-e2e/echo:harness",
-				Ports: []corev1.ContainerPort{
-					{Name: "tcp", ContainerPort: EchoTCPPort, Protocol: corev1.ProtocolTCP},
-					{Name: "udp", ContainerPort: EchoUDPPort, Protocol: corev1.ProtocolUDP},
-					{Name: "http", ContainerPort: EchoHTTPPort, Protocol: corev1.ProtocolTCP},
-				},
-			}},
-		},
-	}
-	if spec.Mutate != nil {
-		spec.Mutate(obj)
-	}
-	created, err := c.Client.CoreV1().Pods(spec.Namespace).Create(ctx, obj, metav1.CreateOptions{})
-	if err != nil {
-		return nil, fmt.Errorf("creating Pod: %w", err)
-	}
+	key := spec.Namespace + "/" + spec.Name
 	p := &Pod{Name: spec.Name, Namespace: spec.Namespace, UID: string(created.UID), Node: node, c: c}
 	c.mu.Lock()
 	c.pods[key] = p
@@ -197,9 +150,7 @@ func (c *Cluster) createPod(ctx context.Context, spec PodSpec) (_ *Pod, err erro
 	if p.IPs, err = c.cniAdd(ctx, node, p.rt); err != nil {
 		return nil, err
 	}
-	if len(p.IPs) > 1 && p.IPs[0].Is6() {
-		p.IPs[0], p.IPs[1] = p.IPs[1], p.IPs[0]
-	}
+	ipv4First(p.IPs)
 
 	p.readyFile = filepath.Join(c.RunDir, "pods", podNSRole(spec.Namespace, spec.Name)+".ready")
 	_ = os.MkdirAll(filepath.Dir(p.readyFile), 0o755)
@@ -227,6 +178,74 @@ func (c *Cluster) createPod(ctx context.Context, spec PodSpec) (_ *Pod, err erro
 	}
 	c.Log.Info("pod running", zap.String("pod", key), zap.String("node", node.Name), zap.Any("ips", p.IPs), zap.Bool("ready", !spec.NotReady))
 	return p, nil
+}
+
+// createPodObject checks spec (defaulting its namespace), makes sure its
+// namespace can take pods, and creates the Pod API object bound to its node:
+// what a pod needs whether the harness runs it in a network namespace here
+// or in the VM.
+func (c *Cluster) createPodObject(ctx context.Context, spec *PodSpec) (*corev1.Pod, *Node, error) {
+	if spec.Name == "" {
+		return nil, nil, fmt.Errorf("PodSpec.Name is required")
+	}
+	if spec.Namespace == "" {
+		spec.Namespace = metav1.NamespaceDefault
+	}
+	if spec.Node < 0 || spec.Node >= len(c.nodes) {
+		return nil, nil, fmt.Errorf("PodSpec.Node=%d, cluster has %d nodes (0-based)", spec.Node, len(c.nodes))
+	}
+	key := spec.Namespace + "/" + spec.Name
+	c.mu.Lock()
+	_, dup := c.pods[key]
+	c.mu.Unlock()
+	if dup {
+		return nil, nil, fmt.Errorf("pod %s already exists in the harness", key)
+	}
+	node := c.nodes[spec.Node]
+	if err := c.ensureNamespace(ctx, spec.Namespace); err != nil {
+		return nil, nil, err
+	}
+	if c.opts.NoControllerManager {
+		// Pod admission wants the namespace's "default" ServiceAccount,
+		// which the (absent) ServiceAccount controller would make.
+		sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default", Namespace: spec.Namespace}}
+		if _, err := c.Client.CoreV1().ServiceAccounts(spec.Namespace).Create(ctx, sa, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			return nil, nil, err
+		}
+	}
+	obj := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: spec.Name, Namespace: spec.Namespace, Labels: spec.Labels},
+		Spec: corev1.PodSpec{
+			NodeName:                      node.Name,
+			AutomountServiceAccountToken:  ptr.To(false),
+			TerminationGracePeriodSeconds: ptr.To[int64](30),
+			Containers: []corev1.Container{{
+				Name:  "echo",
+				Image: "kpr-e2e/echo:harness",
+				Ports: []corev1.ContainerPort{
+					{Name: "tcp", ContainerPort: EchoTCPPort, Protocol: corev1.ProtocolTCP},
+					{Name: "udp", ContainerPort: EchoUDPPort, Protocol: corev1.ProtocolUDP},
+					{Name: "http", ContainerPort: EchoHTTPPort, Protocol: corev1.ProtocolTCP},
+				},
+			}},
+		},
+	}
+	if spec.Mutate != nil {
+		spec.Mutate(obj)
+	}
+	created, err := c.Client.CoreV1().Pods(spec.Namespace).Create(ctx, obj, metav1.CreateOptions{})
+	if err != nil {
+		return nil, nil, fmt.Errorf("creating Pod: %w", err)
+	}
+	return created, node, nil
+}
+
+// ipv4First orders a dual-stack pod's addresses IPv4 first, as Pod.IPs
+// promises.
+func ipv4First(ips []netip.Addr) {
+	if len(ips) > 1 && ips[0].Is6() {
+		ips[0], ips[1] = ips[1], ips[0]
+	}
 }
 
 // writeStatus sets the status a kubelet reports for a running pod.

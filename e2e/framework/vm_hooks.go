@@ -7,9 +7,6 @@ import (
 	"testing"
 
 	"go.uber.org/zap"
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/utils/ptr"
 )
 
 // Hooks for e2e/vm, the IPVS test VM: a node whose kernel is a qemu guest
@@ -51,57 +48,16 @@ func (c *Cluster) CreateRemotePod(t testing.TB, spec PodSpec, ips ...netip.Addr)
 }
 
 func (c *Cluster) createRemotePod(ctx context.Context, spec PodSpec, ips []netip.Addr) (*Pod, error) {
-	if spec.Name == "" {
-		return nil, fmt.Errorf("PodSpec.Name is required")
-	}
-	if spec.Namespace == "" {
-		spec.Namespace = metav1.NamespaceDefault
-	}
-	if spec.Node < 0 || spec.Node >= len(c.nodes) {
-		return nil, fmt.Errorf("PodSpec.Node=%d, cluster has %d nodes (0-based)", spec.Node, len(c.nodes))
-	}
 	if len(ips) == 0 || len(ips) > 2 {
 		return nil, fmt.Errorf("want one or two pod IPs, got %v", ips)
 	}
-	key := spec.Namespace + "/" + spec.Name
-	c.mu.Lock()
-	_, dup := c.pods[key]
-	c.mu.Unlock()
-	if dup {
-		return nil, fmt.Errorf("pod %s already exists in the harness", key)
-	}
-	node := c.nodes[spec.Node]
-	if err := c.ensureNamespace(ctx, spec.Namespace); err != nil {
+	created, node, err := c.createPodObject(ctx, &spec)
+	if err != nil {
 		return nil, err
 	}
-	obj := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: spec.Name, Namespace: spec.Namespace, Labels: spec.Labels},
-		Spec: corev1.PodSpec{
-			NodeName:                      node.Name,
-			AutomountServiceAccountToken:  ptr.To(false),
-			TerminationGracePeriodSeconds: ptr.To[int64](30),
-			Containers: []corev1.Container{{
-				Name:  "echo",
-				Image: "kpr-e2e/echo:harness",
-				Ports: []corev1.ContainerPort{
-					{Name: "tcp", ContainerPort: EchoTCPPort, Protocol: corev1.ProtocolTCP},
-					{Name: "udp", ContainerPort: EchoUDPPort, Protocol: corev1.ProtocolUDP},
-					{Name: "http", ContainerPort: EchoHTTPPort, Protocol: corev1.ProtocolTCP},
-				},
-			}},
-		},
-	}
-	if spec.Mutate != nil {
-		spec.Mutate(obj)
-	}
-	created, err := c.Client.CoreV1().Pods(spec.Namespace).Create(ctx, obj, metav1.CreateOptions{})
-	if err != nil {
-		return nil, fmt.Errorf("creating Pod: %w", err)
-	}
+	key := spec.Namespace + "/" + spec.Name
 	p := &Pod{Name: spec.Name, Namespace: spec.Namespace, UID: string(created.UID), Node: node, c: c, IPs: append([]netip.Addr(nil), ips...)}
-	if len(p.IPs) > 1 && p.IPs[0].Is6() {
-		p.IPs[0], p.IPs[1] = p.IPs[1], p.IPs[0]
-	}
+	ipv4First(p.IPs)
 	c.mu.Lock()
 	c.pods[key] = p
 	c.mu.Unlock()
