@@ -20,8 +20,9 @@ import (
 	"runtime"
 	"sort"
 	"strings"
-	"syscall"
 	"time"
+
+	"github.com/kpr-proxy/kpr/e2e/filelock"
 )
 
 // KubeVersion is the Kubernetes release the harness builds (keep in step with
@@ -97,7 +98,7 @@ func Ensure(cfg Config) (Result, error) {
 	if err := os.MkdirAll(binDir, 0o755); err != nil {
 		return nil, err
 	}
-	unlock, err := lockFile(filepath.Join(binDir, ".lock"))
+	unlock, err := filelock.Lock(filepath.Join(binDir, ".lock"))
 	if err != nil {
 		return nil, err
 	}
@@ -255,21 +256,6 @@ func fileHas(path, content string) bool {
 func isExecutable(path string) bool {
 	st, err := os.Stat(path)
 	return err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0
-}
-
-func lockFile(path string) (func(), error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("locking %s: %w", path, err)
-	}
-	return func() {
-		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
-		f.Close()
-	}, nil
 }
 
 // FindModuleDir locates the e2e module root: $E2E_MODULE_DIR, else the nearest

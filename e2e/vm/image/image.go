@@ -23,11 +23,12 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/kpr-proxy/kpr/e2e/vm/agentapi"
 	"github.com/kpr-proxy/kpr/e2e/vm/kmod"
+
+	"github.com/kpr-proxy/kpr/e2e/filelock"
 )
 
 // builderVersion is part of the base image's cache key: bump it when the
@@ -77,7 +78,7 @@ func Ensure(cfg Config) (*Image, error) {
 	if err := os.MkdirAll(cfg.CacheDir, 0o755); err != nil {
 		return nil, err
 	}
-	unlock, err := lock(filepath.Join(cfg.CacheDir, ".lock"))
+	unlock, err := filelock.Lock(filepath.Join(cfg.CacheDir, ".lock"))
 	if err != nil {
 		return nil, err
 	}
@@ -627,19 +628,4 @@ func hashStrings(ss ...string) string {
 		fmt.Fprintf(h, "%d:%s", len(s), s)
 	}
 	return hex.EncodeToString(h.Sum(nil))
-}
-
-func lock(path string) (func(), error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("locking %s: %w", path, err)
-	}
-	return func() {
-		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
-		f.Close()
-	}, nil
 }
