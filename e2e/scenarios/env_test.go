@@ -19,7 +19,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/util/retry"
 
 	"github.com/kpr-proxy/kpr/e2e/build"
@@ -291,21 +290,11 @@ func (e *env) routeLoadBalancer(t *testing.T, ip string, node *framework.Node) {
 
 func labels(app string) map[string]string { return map[string]string{"app": app} }
 
-func newService(ns, name string, selector map[string]string, ports ...corev1.ServicePort) *corev1.Service {
-	return &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
-		Spec:       corev1.ServiceSpec{Selector: selector, Ports: ports},
-	}
-}
-
-// tcpPort and udpPort map a Service port to the echo server's named ports.
-func tcpPort(name string, port int32) corev1.ServicePort {
-	return corev1.ServicePort{Name: name, Protocol: corev1.ProtocolTCP, Port: port, TargetPort: intstr.FromString("tcp")}
-}
-
-func udpPort(name string, port int32) corev1.ServicePort {
-	return corev1.ServicePort{Name: name, Protocol: corev1.ProtocolUDP, Port: port, TargetPort: intstr.FromString("udp")}
-}
+var (
+	newService = framework.NewService
+	tcpPort    = framework.TCPServicePort
+	udpPort    = framework.UDPServicePort
+)
 
 func nodePortOf(t *testing.T, svc *corev1.Service, name string) int {
 	t.Helper()

@@ -16,7 +16,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/util/retry"
 
 	"github.com/kpr-proxy/kpr/e2e/build"
@@ -452,19 +451,13 @@ func (s *suite) pod(t *testing.T, name, app string) *Pod {
 }
 
 func newService(name string, selector map[string]string, ports ...corev1.ServicePort) *corev1.Service {
-	return &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: testNS},
-		Spec:       corev1.ServiceSpec{Selector: selector, Ports: ports},
-	}
+	return framework.NewService(testNS, name, selector, ports...)
 }
 
-func tcpPort(name string, port int32) corev1.ServicePort {
-	return corev1.ServicePort{Name: name, Protocol: corev1.ProtocolTCP, Port: port, TargetPort: intstr.FromString("tcp")}
-}
-
-func udpPort(name string, port int32) corev1.ServicePort {
-	return corev1.ServicePort{Name: name, Protocol: corev1.ProtocolUDP, Port: port, TargetPort: intstr.FromString("udp")}
-}
+var (
+	tcpPort = framework.TCPServicePort
+	udpPort = framework.UDPServicePort
+)
 
 // createService creates svc and deletes it when the scenario ends.
 func (s *suite) createService(t *testing.T, svc *corev1.Service) *corev1.Service {
